@@ -1,0 +1,298 @@
+"""Side-by-side benchmarks: nsworkers against its peers, in one run, as ratios.
+
+    python -m bench                 # every scenario
+    python -m bench p1 --reps 7     # one scenario
+    python -m bench --json out.json
+
+Needs root (it creates its own namespaces, prefixed ``nswbench-``, and
+deletes them). Peers that are not installed (pebble, loky) are skipped and
+said so. Each scenario interleaves its contenders repetition by repetition,
+so drift on a shared machine hits all of them alike; the table shows medians
+and the ratio to the scenario's reference row.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import json
+import os
+import pickle
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import nsworkers
+
+from ._calls import noop
+
+PREFIX = f"nswbench-{os.getpid()}-"
+
+
+def main_noop() -> None:
+    return None
+
+
+# ---------------------------------------------------------------------------
+# namespaces
+
+
+class Namespaces:
+    def __init__(self) -> None:
+        self.names: list[str] = []
+
+    def make(self, count: int) -> list[str]:
+        start = len(self.names)
+        for i in range(start, start + count):
+            name = f"{PREFIX}{i}"
+            subprocess.run(["ip", "netns", "add", name], check=True)
+            self.names.append(name)
+        return [f"/run/netns/{n}" for n in self.names[start:]]
+
+    def remove(self) -> None:
+        for name in self.names:
+            subprocess.run(["ip", "netns", "del", name], check=False, capture_output=True)
+        self.names.clear()
+
+
+# ---------------------------------------------------------------------------
+# P1: no-op round trip
+
+
+class RawPipe:
+    """The floor: a forked child serving pickled calls over two os.pipe()s."""
+
+    def __init__(self, cpu: int | None) -> None:
+        r1, self.w = os.pipe()
+        self.r, w2 = os.pipe()
+        self.pid = os.fork()
+        if self.pid == 0:  # pragma: no cover
+            os.close(self.w)
+            os.close(self.r)
+            if cpu is not None:
+                os.sched_setaffinity(0, {cpu})
+            while True:
+                data = os.read(r1, 65536)
+                if not data:
+                    os._exit(0)
+                fn, args, kwargs = pickle.loads(data)
+                os.write(w2, pickle.dumps(fn(*args, **kwargs), protocol=5))
+        os.close(r1)
+        os.close(w2)
+
+    def call(self) -> None:
+        os.write(self.w, pickle.dumps((noop, (), {}), protocol=5))
+        pickle.loads(os.read(self.r, 65536))
+
+    def close(self) -> None:
+        os.close(self.w)
+        os.close(self.r)
+        os.waitpid(self.pid, 0)
+
+
+def _executor_contender(make: Callable[[], Any], cpu: int | None) -> tuple[Callable[[], None], Callable[[], None]]:
+    ex = make()
+    if cpu is not None:
+        ex.submit(os.sched_setaffinity, 0, {cpu}).result()
+    ex.submit(noop).result()
+
+    def call() -> None:
+        ex.submit(noop).result()
+
+    return call, lambda: ex.shutdown(wait=True)
+
+
+def p1_contenders(path: str, cpu: int | None) -> dict[str, tuple[Callable[[], None], Callable[[], None]]]:
+    out: dict[str, tuple[Callable[[], None], Callable[[], None]]] = {}
+    raw = RawPipe(cpu)
+    out["raw os.pipe + pickle (floor)"] = (raw.call, raw.close)
+
+    pool = nsworkers.Pool()
+    if cpu is not None:
+        pool.run(path, os.sched_setaffinity, 0, {cpu})
+    ns = nsworkers.Namespace.open(path)
+    pool.run(ns, noop)
+    out["nsworkers pool.run(path)"] = (lambda: pool.run(path, noop), lambda: None)
+
+    def close_pool() -> None:
+        ns.close()
+        pool.shutdown()
+
+    out["nsworkers pool.run(Namespace)"] = (lambda: pool.run(ns, noop), close_pool)
+    out["nsworkers submit().result()"] = (lambda: pool.submit(ns, noop).result(), lambda: None)
+    out["nsworkers pool.run(__main__ function)"] = (lambda: pool.run(ns, main_noop), lambda: None)
+
+    out["ProcessPoolExecutor"] = _executor_contender(
+        lambda: concurrent.futures.ProcessPoolExecutor(1, mp_context=__import__("multiprocessing").get_context("fork")),
+        cpu,
+    )
+    try:
+        import pebble
+
+        class Pebble:  # pebble's submit() takes a timeout before the arguments
+            def __init__(self) -> None:
+                self.pool = pebble.ProcessPool(1)
+
+            def submit(self, fn: Callable[..., Any], *args: Any) -> Any:
+                return self.pool.schedule(fn, args=args)
+
+            def shutdown(self, wait: bool = True) -> None:
+                self.pool.close()
+                self.pool.join()
+
+        out["pebble ProcessPool"] = _executor_contender(Pebble, cpu)
+    except ImportError:
+        pass
+    try:
+        import loky
+
+        out["loky"] = _executor_contender(lambda: loky.get_reusable_executor(1), cpu)
+    except ImportError:
+        pass
+    return out
+
+
+def bench_p1(spaces: Namespaces, reps: int, calls: int) -> list[dict[str, Any]]:
+    (path,) = spaces.make(1)
+    rows = []
+    original = os.sched_getaffinity(0)
+    for mode, caller_cpu, worker_cpu in (("same CPU", 0, 0), ("cross CPU", 0, 1)):
+        os.sched_setaffinity(0, {caller_cpu})
+        contenders = p1_contenders(path, worker_cpu)
+        samples: dict[str, list[float]] = {name: [] for name in contenders}
+        for _ in range(reps):
+            for name, (call, _close) in contenders.items():
+                start = time.perf_counter()
+                for _ in range(calls):
+                    call()
+                samples[name].append((time.perf_counter() - start) / calls * 1e6)
+        for _, close in reversed(contenders.values()):
+            close()
+        rows += _rows(f"P1 no-op round trip, {mode}", samples, "raw os.pipe + pickle (floor)", "us")
+    os.sched_setaffinity(0, original)
+    return rows
+
+
+# ---------------------------------------------------------------------------
+# P2: cold worker start from a small and a large caller
+
+_COLD = """
+import os, sys, threading, time, json, statistics
+import nsworkers
+ballast_mb, threads, method = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+paths = sys.argv[4:]
+ballast = bytearray(os.urandom(1 << 20)) * ballast_mb  # touched, resident memory
+stop = threading.Event()
+for _ in range(threads):
+    threading.Thread(target=stop.wait, daemon=True).start()
+pool = nsworkers.Pool(start_method=method, max_workers=len(paths) + 1)
+pool.run(paths[0], int)  # the zygote starts once per pool: not part of a worker's cold start
+times = []
+for path in paths[1:]:
+    start = time.perf_counter()
+    pool.run(path, int)
+    times.append((time.perf_counter() - start) * 1e3)
+pool.shutdown()
+print(json.dumps(times))
+"""
+
+
+def bench_p2(spaces: Namespaces, reps: int, count: int) -> list[dict[str, Any]]:
+    configs = {
+        "zygote, small caller": (0, 0, "zygote"),
+        "zygote, 500 MB + 50 threads caller": (500, 50, "zygote"),
+        "fork, small caller": (0, 0, "fork"),
+        "fork, 500 MB + 50 threads caller": (500, 50, "fork"),
+    }
+    samples: dict[str, list[float]] = {name: [] for name in configs}
+    for _ in range(reps):
+        for name, (mb, threads, method) in configs.items():
+            paths = spaces.make(count + 1)
+            out = subprocess.run(
+                [sys.executable, "-c", _COLD, str(mb), str(threads), method, *paths],
+                capture_output=True,
+                text=True,
+                check=True,
+                env=dict(os.environ, PYTHONWARNINGS="ignore"),
+            ).stdout
+            samples[name] += json.loads(out)
+            spaces.remove()
+    return _rows("P2 cold worker: spawn + join + first call", samples, "zygote, small caller", "ms")
+
+
+# ---------------------------------------------------------------------------
+
+
+def _rows(scenario: str, samples: dict[str, list[float]], reference: str, unit: str) -> list[dict[str, Any]]:
+    ref = statistics.median(samples[reference])
+    return [
+        {
+            "scenario": scenario,
+            "contender": name,
+            "median": statistics.median(values),
+            "unit": unit,
+            "ratio": statistics.median(values) / ref,
+            "samples": len(values),
+        }
+        for name, values in samples.items()
+    ]
+
+
+def machine() -> dict[str, Any]:
+    cpu = "unknown"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {
+        "date": time.strftime("%Y-%m-%d"),
+        "cpu": cpu,
+        "cpus": os.cpu_count(),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "nsworkers": nsworkers.__version__,
+    }
+
+
+def print_table(rows: list[dict[str, Any]]) -> None:
+    scenario = None
+    for row in rows:
+        if row["scenario"] != scenario:
+            scenario = row["scenario"]
+            print(f"\n{scenario}")
+            print(f"  {'contender':<40} {'median':>10} {'ratio':>7}")
+        print(f"  {row['contender']:<40} {row['median']:>8.2f}{row['unit']:>2} {row['ratio']:>6.2f}x")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("scenarios", nargs="*", default=["p1", "p2"], help="p1 (round trip), p2 (cold start)")
+    parser.add_argument("--reps", type=int, default=5, help="repetitions per contender (interleaved)")
+    parser.add_argument("--calls", type=int, default=5000, help="calls per P1 repetition")
+    parser.add_argument("--cold", type=int, default=20, help="cold workers per P2 repetition")
+    parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    args = parser.parse_args()
+    spaces = Namespaces()
+    rows: list[dict[str, Any]] = []
+    try:
+        if "p1" in args.scenarios:
+            rows += bench_p1(spaces, args.reps, args.calls)
+        if "p2" in args.scenarios:
+            rows += bench_p2(spaces, args.reps, args.cold)
+    finally:
+        spaces.remove()
+    info = machine()
+    print("machine: " + ", ".join(f"{k}={v}" for k, v in info.items()))
+    print_table(rows)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"machine": info, "rows": rows}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

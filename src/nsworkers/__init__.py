@@ -1,0 +1,78 @@
+"""Run Python callables inside Linux namespaces, without ever moving the caller.
+
+Each namespace gets its own worker process that joined it once; calls travel
+over a private channel::
+
+    import nsworkers
+
+    with nsworkers.Pool() as pool:
+        links = pool.run("/run/netns/blue", socket.if_nameindex)
+
+Importing this package is cheap: pyroute2, psutil and dill load only when used.
+"""
+
+from __future__ import annotations
+
+from ._namespace import SO_MARK as SO_MARK
+from ._namespace import Namespace as Namespace
+from ._namespace import NamespaceType as NamespaceType
+from ._pool import Pool as Pool
+from ._pool import PoolOptions as PoolOptions
+from ._pool import Target as Target
+from ._pool import WorkerInfo as WorkerInfo
+from ._pool import default_pool as default_pool
+from ._pool import run as run
+from .errors import InvalidTargetError as InvalidTargetError
+from .errors import NamespaceClosedError as NamespaceClosedError
+from .errors import NamespaceError as NamespaceError
+from .errors import NamespaceExistsError as NamespaceExistsError
+from .errors import NamespaceJoinError as NamespaceJoinError
+from .errors import NamespaceNotFoundError as NamespaceNotFoundError
+from .errors import NamespacePermissionError as NamespacePermissionError
+from .errors import NamespaceTypeError as NamespaceTypeError
+from .errors import NotANamespaceError as NotANamespaceError
+from .errors import NsWorkersError as NsWorkersError
+from .errors import PoolClosedError as PoolClosedError
+from .errors import ProtocolError as ProtocolError
+from .errors import RemoteError as RemoteError
+from .errors import RemoteTraceback as RemoteTraceback
+from .errors import SerializationError as SerializationError
+from .errors import WorkerCrashedError as WorkerCrashedError
+from .errors import WorkerError as WorkerError
+from .errors import WorkerStartError as WorkerStartError
+from .errors import WorkerStateError as WorkerStateError
+from .errors import WorkerTimeoutError as WorkerTimeoutError
+
+__version__ = "0.1.0"
+
+__all__ = (
+    "SO_MARK",
+    "InvalidTargetError",
+    "Namespace",
+    "NamespaceClosedError",
+    "NamespaceError",
+    "NamespaceExistsError",
+    "NamespaceJoinError",
+    "NamespaceNotFoundError",
+    "NamespacePermissionError",
+    "NamespaceType",
+    "NamespaceTypeError",
+    "NotANamespaceError",
+    "NsWorkersError",
+    "Pool",
+    "PoolClosedError",
+    "PoolOptions",
+    "ProtocolError",
+    "RemoteError",
+    "RemoteTraceback",
+    "SerializationError",
+    "Target",
+    "WorkerCrashedError",
+    "WorkerError",
+    "WorkerInfo",
+    "WorkerStartError",
+    "WorkerStateError",
+    "WorkerTimeoutError",
+    "default_pool",
+    "run",
+)

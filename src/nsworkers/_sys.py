@@ -1,0 +1,85 @@
+"""Thin wrappers around the Linux system calls nsworkers needs.
+
+Python 3.12 has ``os.setns``; older versions go through ctypes, which is
+imported only when one of these wrappers is first used, so ``import
+nsworkers`` stays cheap.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+from typing import Any
+
+NSFS_MAGIC = 0x6E736673
+PROC_SUPER_MAGIC = 0x9FA0
+
+NS_GET_USERNS = 0xB701
+NS_GET_PARENT = 0xB702
+NS_GET_NSTYPE = 0xB703
+
+PR_SET_PDEATHSIG = 1
+PR_SET_NAME = 15
+
+_libc: Any = None
+
+
+def _get_libc() -> Any:
+    global _libc
+    if _libc is None:
+        import ctypes
+
+        _libc = ctypes.CDLL(None, use_errno=True)
+    return _libc
+
+
+def _check(ret: int) -> int:
+    if ret == -1:
+        import ctypes
+
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return ret
+
+
+def setns(fd: int, nstype: int = 0) -> None:
+    """Move the calling thread into the namespace behind *fd*."""
+    if hasattr(os, "setns"):
+        os.setns(fd, nstype)
+    else:  # Python < 3.12
+        _check(_get_libc().setns(fd, nstype))
+
+
+def prctl(option: int, arg: int | bytes) -> None:
+    """Call ``prctl(option, arg, 0, 0, 0)``."""
+    _check(_get_libc().prctl(option, arg, 0, 0, 0))
+
+
+def set_process_name(name: str) -> None:
+    """Name the calling thread (what ``ps -o comm``/``top`` show); 15 bytes at most."""
+    prctl(PR_SET_NAME, name.encode()[:15])
+
+
+def fstatfs_type(fd: int) -> int:
+    """Return ``f_type`` of the filesystem holding *fd* (``fstatfs(2)``)."""
+    import ctypes
+
+    buf = ctypes.create_string_buffer(256)  # struct statfs is 120 bytes on 64-bit
+    _check(_get_libc().fstatfs(fd, buf))
+    return ctypes.c_long.from_buffer(buf).value
+
+
+def ns_ioctl(fd: int, request: int) -> int:
+    """Issue an argument-less nsfs ioctl; returns its result (an int or an fd)."""
+    return fcntl.ioctl(fd, request)
+
+
+def nstype_of_fd(fd: int) -> int | None:
+    """The ``CLONE_NEW*`` type of namespace *fd*, or None if the kernel lacks NS_GET_NSTYPE."""
+    try:
+        return ns_ioctl(fd, NS_GET_NSTYPE)
+    except OSError as exc:
+        if exc.errno in (errno.ENOTTY, errno.EINVAL):
+            return None
+        raise

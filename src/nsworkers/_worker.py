@@ -1,0 +1,222 @@
+"""The worker process: join the target namespaces once, then serve calls.
+
+Runs in a freshly forked child (of the zygote, or of the caller with
+``start_method="fork"``) and never returns: :func:`child_main` ends with
+``os._exit``. Start-up order matters:
+
+1. ``PR_SET_PDEATHSIG`` so the worker dies with its parent, and a check that
+   the parent did not die before that;
+2. a process name (``nsw-worker``), SIGINT ignored (the caller decides);
+3. every fd closed but the channel and the namespace fds;
+4. ``setns`` into each target in ``nsenter`` order while the process is
+   single-threaded (mount and user namespaces require it), then a check that
+   ``/proc/self/ns/*`` shows the expected inodes;
+5. a ``READY`` (or ``JOIN_FAILED`` with the errno) frame to the caller;
+6. the call loop: receive ``(fn, args, kwargs)``, run it, reply.
+
+Replies are tuples whose first item is one of the tags below.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import pickle
+import signal
+import sys
+import traceback
+from typing import Any, NoReturn
+
+from . import _sys
+from ._protocol import DILL, PICKLE, Channel, ChannelClosed, dumps, loads
+from .errors import SerializationError
+
+# Reply tags (worker -> caller).
+READY = 0
+JOIN_FAILED = 1
+OK = 2
+RAISED = 3  # (RAISED, exception, traceback_text)
+RAISED_RAW = 4  # (RAISED_RAW, type_name, message, traceback_text): exception not sendable
+UNSENDABLE = 5  # (UNSENDABLE, message): the result could not be serialized
+UNLOADABLE = 6  # (UNLOADABLE, message, codec): the call could not be deserialized here
+TAINTED = 7  # (TAINTED, message): the callable changed the worker's namespace; worker exits
+
+# A call request is (fn, args, kwargs); None asks the worker to exit.
+STOP = None
+
+# (fd, CLONE_NEW* flag, type name, (dev, ino))
+TargetSpec = tuple[int, int, str, tuple[int, int]]
+
+_USER_FLAG = 0x10000000
+_FOR_CHILDREN = {"pid": "pid_for_children", "time": "time_for_children"}
+
+
+def child_main(fds: tuple[int, int], targets: list[TargetSpec], parent_pid: int, pdeathsig: bool) -> NoReturn:
+    """Entry point right after fork; *fds* are the worker's channel ends ``(read, write)``. Never returns."""
+    code = 70
+    try:
+        code = _main(fds, targets, parent_pid, pdeathsig)
+    except BaseException:
+        try:
+            traceback.print_exc()
+        finally:
+            os._exit(70)
+    os._exit(code)
+
+
+def _main(fds: tuple[int, int], targets: list[TargetSpec], parent_pid: int, pdeathsig: bool) -> int:
+    if pdeathsig:
+        _sys.prctl(_sys.PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != parent_pid:
+            return 1  # parent died before the death signal was armed
+    try:
+        _sys.set_process_name("nsw-worker")
+    except OSError:
+        pass
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)  # a vanished caller shows as EPIPE/EOF
+    for signum in (signal.SIGTERM, signal.SIGCHLD, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2):
+        signal.signal(signum, signal.SIG_DFL)
+    _close_fds_except({*fds, *(t[0] for t in targets)})
+    global _ns_dir
+    # Opened before joining: after a mount-namespace join /proc may be another
+    # pid namespace's procfs, where /proc/self does not resolve.
+    _ns_dir = os.open("/proc/self/ns", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+
+    chan = Channel(*fds)
+    failure = _join(targets)
+    for t in targets:
+        os.close(t[0])
+    if failure is not None:
+        chan.send_obj((JOIN_FAILED, *failure))
+        return 2
+    expected = [(name, ident) for _, _, name, ident in targets]
+    chan.send_obj((READY, os.getpid(), expected))
+    links = [(name, f"{name}:[{ident[1]}]") for name, ident in expected if name not in _FOR_CHILDREN]
+    return _serve(chan, links)
+
+
+def _close_fds_except(keep: set[int]) -> None:
+    low = 3
+    for fd in sorted(keep):
+        if fd >= low:
+            os.closerange(low, fd)
+            low = fd + 1
+    os.closerange(low, 1 << 20)
+
+
+_ns_dir = -1
+
+
+def _current_id(name: str) -> tuple[int, int]:
+    st = os.stat(_FOR_CHILDREN.get(name, name), dir_fd=_ns_dir)
+    return (st.st_dev, st.st_ino)
+
+
+def _join(targets: list[TargetSpec]) -> tuple[int, str] | None:
+    """Join every target the way util-linux nsenter does; return (errno, message) on failure.
+
+    Two passes: first everything but the user namespace, ignoring failures
+    (entering a user namespace last *drops* privileges), then the user
+    namespace followed by whatever is left (entering it first *gains* the
+    privileges to join the rest). A namespace the worker is already in is
+    skipped: joining one's own user namespace is EINVAL.
+    """
+    pending = [t for t in targets if _current_id(t[2]) != t[3]]
+    for attempt in (0, 1):
+        still = []
+        for target in pending:
+            fd, flag, name, _ = target
+            if attempt == 0 and flag == _USER_FLAG:
+                still.append(target)
+                continue
+            try:
+                _sys.setns(fd, flag)
+            except OSError as exc:
+                if attempt == 1:
+                    return exc.errno or errno.EINVAL, f"setns({name}) failed: {exc.strerror}"
+                still.append(target)
+        pending = [t for t in still if t[2] == "user"] + [t for t in still if t[2] != "user"]
+        if not pending:
+            break
+    for _, _, name, ident in targets:
+        now = _current_id(name)
+        if now != ident:
+            return errno.EINVAL, f"joined {name} but /proc/self/ns shows inode {now[1]}, expected {ident[1]}"
+    return None
+
+
+def _serve(chan: Channel, links: list[tuple[str, str]]) -> int:
+    my_pid = os.getpid()
+    while True:
+        try:
+            codec, payload = chan.recv()
+        except ChannelClosed:
+            return 0
+        try:
+            request = loads(codec, payload)
+        except SerializationError as exc:
+            chan.send_obj((UNLOADABLE, str(exc), codec))
+            continue
+        del payload
+        if request is STOP:
+            return 0
+        fn, args, kwargs = request
+        del request
+        try:
+            reply: tuple[Any, ...] = (OK, fn(*args, **kwargs))
+        except BaseException as exc:  # the caller decides what is fatal
+            reply = _exception_reply(exc)
+        del fn, args, kwargs
+        if os.getpid() != my_pid:
+            os._exit(0)  # the callable forked and returned in the child: it must not talk
+        moved = _moved(links)
+        if moved:
+            chan.send_obj((TAINTED, moved))
+            return 3
+        try:
+            codec, data = dumps(reply)
+        except SerializationError as exc:
+            if reply[0] == OK:
+                codec, data = dumps((UNSENDABLE, str(exc)))
+            else:
+                codec, data = dumps(_raw_exception(reply[1], reply[2]))
+        del reply
+        chan.send(codec, data)
+        del data
+
+
+def _exception_reply(exc: BaseException) -> tuple[Any, ...]:
+    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    exc.__traceback__ = None
+    try:
+        # An exception that pickles but cannot be rebuilt (custom __init__) would fail
+        # in the caller, far from its traceback: check the round trip here.
+        pickle.loads(pickle.dumps(exc, protocol=5))
+    except Exception:
+        return _raw_exception(exc, tb)
+    return (RAISED, exc, tb)
+
+
+def _raw_exception(exc: BaseException, tb: str) -> tuple[Any, ...]:
+    kind = type(exc)
+    try:
+        message = str(exc)
+    except Exception:
+        message = "<str() failed>"
+    return (RAISED_RAW, f"{kind.__module__}.{kind.__qualname__}", message, tb)
+
+
+def _moved(links: list[tuple[str, str]]) -> str:
+    # readlink is the cheapest way to ask the kernel (about 2 us per type).
+    for name, expected in links:
+        now = os.readlink(name, dir_fd=_ns_dir)
+        if now != expected:
+            return f"the callable moved the worker from {expected} to {now}; the worker was discarded"
+    return ""
+
+
+__all__ = ("DILL", "PICKLE", "child_main")
+
+if sys.platform != "linux":  # pragma: no cover
+    raise ImportError("nsworkers runs on Linux only")

@@ -1,0 +1,410 @@
+"""How workers are started: the zygote fork server, or a plain fork of the caller.
+
+The zygote is a fresh interpreter (``subprocess`` exec, never a fork of the
+caller), so a worker's cold start does not grow with the caller's heap or
+thread count and never forks a multi-threaded process. It runs single-threaded::
+
+    caller (Pool) --SEQPACKET control socket--> zygote
+        ("spawn", specs) + namespace fds (SCM_RIGHTS)  ->  fork() -> worker
+        <- ("spawned", pid) + caller's end of the worker channel (SCM_RIGHTS)
+        ("reap", pid)    ->  kill if still alive, waitpid  <- ("reaped", status, killed)
+
+The zygote reaps its children on SIGCHLD and keeps their exit statuses for a
+while, so the pool can say *how* a worker died. It exits on EOF of the control
+socket (the caller died or shut down); its workers die with it through
+``PR_SET_PDEATHSIG``. The zygote itself has no death signal: that would fire
+when the *thread* that started it exits, and pools are often first used from a
+short-lived thread.
+"""
+
+from __future__ import annotations
+
+import collections
+import gc
+import importlib
+import os
+import pickle
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from typing import Any, Protocol
+
+from . import _sys
+from .errors import WorkerStartError
+
+_CTL_BUF = 1 << 16
+_MAX_STATUSES = 4096
+_EXIT_GRACE = 0.1  # seconds a worker that closed its channel gets to finish exiting
+
+
+class Spawner(Protocol):
+    def spawn(self, specs: list[tuple[int, int, str, tuple[int, int]]]) -> tuple[int, tuple[int, int]]: ...
+
+    def reap(self, pid: int, kill: bool = False) -> tuple[int | None, bool]: ...
+
+    def forget(self, pid: int) -> None: ...
+
+    def close(self) -> None: ...
+
+    def close_in_child(self) -> None: ...
+
+    def pids(self) -> list[int]: ...
+
+
+def describe_status(status: int | None, killed: bool) -> str:
+    """Human text for a ``waitpid`` status."""
+    if status is None:
+        return "exit status unknown"
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        try:
+            name = signal.Signals(sig).name
+        except ValueError:
+            name = f"signal {sig}"
+        if killed:
+            return f"hung after closing its channel; killed by nsworkers with {name}"
+        return f"killed by signal {name}"
+    if os.WIFEXITED(status):
+        return f"exited with code {os.WEXITSTATUS(status)}"
+    return f"wait status {status:#x}"
+
+
+def _close_all(*fds: int) -> None:
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+def _reap_child(pid: int, kill: bool = False) -> tuple[int | None, bool]:
+    """Wait for our child *pid*; SIGKILL it at once (*kill*) or if still alive after a short grace."""
+    deadline = time.monotonic() + (0 if kill else _EXIT_GRACE)
+    while True:
+        try:
+            done, status = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            return None, False
+        if done:
+            return status, False
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(0.001)
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    try:
+        return os.waitpid(pid, 0)[1], True
+    except ChildProcessError:
+        return None, True
+
+
+# ---------------------------------------------------------------------------
+# caller side
+
+
+class ZygoteSpawner:
+    """Starts workers through a zygote process; restarts the zygote if it died."""
+
+    def __init__(self, preload: tuple[str, ...] = ()) -> None:
+        self._preload = preload
+        self._lock = threading.Lock()
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._ctl: socket.socket | None = None
+        self._closed = False
+        self._generation = 0
+        self._pids: dict[int, int] = {}  # worker pid -> zygote generation
+
+    @property
+    def zygote_pid(self) -> int | None:
+        return None if self._proc is None else self._proc.pid
+
+    def pids(self) -> list[int]:
+        return list(self._pids)
+
+    def _start(self) -> socket.socket:
+        if self._closed:
+            raise WorkerStartError("the pool is shut down")
+        self._stop_proc()
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        code = (
+            "import sys; sys.path.insert(0, sys.argv.pop(1)); "
+            "from nsworkers._zygote import zygote_main; zygote_main(int(sys.argv[1]))"
+        )
+        executable = sys.executable or getattr(sys, "_base_executable", "") or "python3"
+        try:
+            with theirs:
+                self._proc = subprocess.Popen(
+                    [executable, "-c", code, package_root, str(theirs.fileno())],
+                    pass_fds=(theirs.fileno(),),
+                    stdin=subprocess.DEVNULL,
+                    close_fds=True,
+                )
+            ours.sendall(pickle.dumps({"sys_path": list(sys.path), "preload": self._preload}))
+            reply = ours.recv(_CTL_BUF)
+        except OSError as exc:
+            ours.close()
+            raise WorkerStartError(f"cannot start the zygote: {exc}") from exc
+        if not reply:
+            ours.close()
+            code_ = self._proc.wait() if self._proc else None
+            raise WorkerStartError(f"the zygote exited during start-up (exit status {code_})")
+        message = pickle.loads(reply)
+        if message[0] != "ready":
+            ours.close()
+            raise WorkerStartError(f"the zygote failed to start: {message[1]}")
+        self._ctl = ours
+        self._generation += 1
+        return ours
+
+    def _request(self, payload: bytes, fds: list[int]) -> tuple[Any, list[int]]:
+        # Caller holds self._lock. One retry with a fresh zygote if the old one died.
+        for attempt in (0, 1):
+            ctl = self._ctl or self._start()
+            try:
+                socket.send_fds(ctl, [payload], fds)
+                data, got_fds, _flags, _addr = socket.recv_fds(ctl, _CTL_BUF, 4)
+                if data:
+                    return pickle.loads(data), got_fds
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+            self._ctl = None
+            ctl.close()
+            if attempt:
+                break
+        raise WorkerStartError("the zygote died and could not be restarted")
+
+    def spawn(self, specs: list[tuple[int, int, str, tuple[int, int]]]) -> tuple[int, tuple[int, int]]:
+        """Fork a worker for *specs*; return its pid and the caller's channel fds ``(read, write)``."""
+        fds = [s[0] for s in specs]
+        wire = [(i, s[1], s[2], s[3]) for i, s in enumerate(specs)]
+        with self._lock:
+            message, got = self._request(pickle.dumps(("spawn", wire)), fds)
+            if message[0] != "spawned" or len(got) != 2:
+                for fd in got:
+                    os.close(fd)
+                raise WorkerStartError(f"the zygote could not fork a worker: {message[1]}")
+            pid = message[1]
+            self._pids[pid] = self._generation
+        return pid, (got[0], got[1])
+
+    def reap(self, pid: int, kill: bool = False) -> tuple[int | None, bool]:
+        """Wait for worker *pid* (killing it first if *kill*); ``(wait status or None, killed)``."""
+        with self._lock:
+            generation = self._pids.pop(pid, None)
+            if generation != self._generation or self._ctl is None:
+                return None, False  # its zygote is gone, and so is it (death signal)
+            try:
+                message, _ = self._request(pickle.dumps(("reap", pid, kill)), [])
+            except WorkerStartError:
+                return None, False
+        return message[1], message[2]
+
+    def forget(self, pid: int) -> None:
+        """A worker exited normally; its status is of no interest."""
+        with self._lock:
+            self._pids.pop(pid, None)
+
+    def _stop_proc(self) -> None:
+        if self._ctl is not None:
+            self._ctl.close()
+            self._ctl = None
+        if self._proc is not None:
+            try:
+                self._proc.wait(timeout=2)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+            self._proc = None
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            self._stop_proc()
+            self._pids.clear()
+
+    def close_in_child(self) -> None:
+        """After fork in the caller: drop our copies without touching the parent's zygote."""
+        self._closed = True
+        if self._ctl is not None:
+            self._ctl.close()
+            self._ctl = None
+        self._proc = None
+
+
+class ForkSpawner:
+    """``start_method="fork"``: fork workers straight from the caller (they get its state)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pids: set[int] = set()
+
+    def pids(self) -> list[int]:
+        return list(self._pids)
+
+    def spawn(self, specs: list[tuple[int, int, str, tuple[int, int]]]) -> tuple[int, tuple[int, int]]:
+        from . import _worker
+        from ._protocol import channel_pipes
+
+        ours, theirs = channel_pipes()
+        parent = os.getpid()
+        # The death signal fires when the forking *thread* exits, so only arm it from the main thread.
+        pdeathsig = threading.current_thread() is threading.main_thread()
+        with self._lock:
+            try:
+                pid = os.fork()
+            except OSError:
+                _close_all(*ours, *theirs)
+                raise
+            if pid == 0:  # pragma: no cover - runs in the child
+                try:
+                    _close_all(*ours)
+                    _worker.child_main(theirs, list(specs), parent, pdeathsig)
+                finally:
+                    os._exit(70)
+            self._pids.add(pid)
+        _close_all(*theirs)
+        return pid, ours
+
+    def reap(self, pid: int, kill: bool = False) -> tuple[int | None, bool]:
+        with self._lock:
+            if pid not in self._pids:
+                return None, False
+            self._pids.discard(pid)
+        return _reap_child(pid, kill)
+
+    def forget(self, pid: int) -> None:
+        # Our own child: it must still be waited for, or it stays a zombie.
+        self.reap(pid)
+
+    def close(self) -> None:
+        for pid in self.pids():
+            self.reap(pid)
+
+    def close_in_child(self) -> None:
+        self._pids.clear()
+
+
+# ---------------------------------------------------------------------------
+# zygote side
+
+from . import _worker  # noqa: E402  (the zygote forks into it; the caller needs it for "fork")
+from ._protocol import channel_pipes  # noqa: E402
+
+
+class _Zygote:
+    def __init__(self, ctl: socket.socket) -> None:
+        self.ctl = ctl
+        self.pid = os.getpid()
+        self.live: set[int] = set()
+        self.statuses: collections.OrderedDict[int, int] = collections.OrderedDict()
+
+    def on_sigchld(self, signum: int, frame: object) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            self.live.discard(pid)
+            self.statuses[pid] = status
+            while len(self.statuses) > _MAX_STATUSES:
+                self.statuses.popitem(last=False)
+
+    def spawn(self, wire: list[tuple[int, int, str, tuple[int, int]]], fds: list[int]) -> None:
+        if len(fds) != len(wire):
+            for fd in fds:
+                os.close(fd)
+            self.reply(("error", f"expected {len(wire)} namespace fds, got {len(fds)}"))
+            return
+        specs = [(fds[i], flag, name, ident) for i, flag, name, ident in wire]
+        ours, theirs = channel_pipes()
+        try:
+            pid = os.fork()
+        except OSError as exc:
+            _close_all(*ours, *theirs, *fds)
+            self.reply(("error", str(exc)))
+            return
+        if pid == 0:  # pragma: no cover - runs in the worker
+            try:
+                signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+                _close_all(*ours)
+                self.ctl.close()
+                _worker.child_main(theirs, specs, self.pid, True)
+            finally:
+                os._exit(70)
+        self.live.add(pid)
+        _close_all(*theirs, *fds)
+        try:
+            self.reply(("spawned", pid), list(ours))
+        finally:
+            _close_all(*ours)
+
+    def reap(self, pid: int, kill: bool) -> None:
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
+        try:
+            if pid in self.statuses:
+                result: tuple[int | None, bool] = (self.statuses.pop(pid), False)
+            elif pid in self.live:
+                result = _reap_child(pid, kill)
+                self.live.discard(pid)
+            else:
+                result = (None, False)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        self.reply(("reaped", *result))
+
+    def reply(self, message: tuple[Any, ...], fds: list[int] | None = None) -> None:
+        socket.send_fds(self.ctl, [pickle.dumps(message)], fds or [])
+
+    def serve(self) -> None:
+        while True:
+            data, fds, _flags, _addr = socket.recv_fds(self.ctl, _CTL_BUF, 16)
+            if not data:
+                return
+            request = pickle.loads(data)
+            if request[0] == "spawn":
+                self.spawn(request[1], fds)
+            elif request[0] == "reap":
+                self.reap(request[1], request[2])
+            else:
+                for fd in fds:
+                    os.close(fd)
+                self.reply(("error", f"unknown request {request[0]!r}"))
+
+
+def zygote_main(ctl_fd: int) -> None:
+    """Entry point of the zygote interpreter (``python -c ...``)."""
+    ctl = socket.socket(fileno=ctl_fd)
+    try:
+        _sys.set_process_name("nsw-zygote")
+    except OSError:
+        pass
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    config = pickle.loads(ctl.recv(_CTL_BUF))
+    sys.path[:] = config["sys_path"]
+    try:
+        for name in ("nsworkers._worker", "nsworkers._protocol", *config["preload"]):
+            importlib.import_module(name)
+    except BaseException as exc:
+        ctl.sendall(pickle.dumps(("error", f"preloading {name!r} failed: {exc!r}")))
+        return
+    zygote = _Zygote(ctl)
+    signal.signal(signal.SIGCHLD, zygote.on_sigchld)
+    # Freeze the heap: objects inherited by workers are never touched by their GC,
+    # so their pages stay shared with the zygote (copy-on-write).
+    gc.collect()
+    gc.freeze()
+    ctl.sendall(pickle.dumps(("ready", os.getpid())))
+    try:
+        zygote.serve()
+    except (ConnectionResetError, BrokenPipeError, EOFError):
+        pass
+    # Workers die with us (PR_SET_PDEATHSIG); exit without running finalizers.
+    os._exit(0)

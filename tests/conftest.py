@@ -1,0 +1,131 @@
+"""Fixtures: real namespaces with a per-run prefix, pools that are always shut down,
+and a check that no thread of the test process ever left its network namespace."""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+
+import psutil
+import pytest
+
+import nsworkers
+
+PREFIX = f"nswt{os.getpid()}-"
+_counter = itertools.count()
+IS_ROOT = os.geteuid() == 0
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if IS_ROOT:
+        return
+    skip = pytest.mark.skip(reason="needs root")
+    for item in items:
+        if "privileged" in item.keywords:
+            item.add_marker(skip)
+
+
+def ip(*args: str) -> str:
+    """Run iproute2's ``ip``; raise with its stderr on failure."""
+    done = subprocess.run(["ip", *args], capture_output=True, text=True, check=False)
+    if done.returncode:
+        raise RuntimeError(f"ip {' '.join(args)}: {done.stderr.strip()}")
+    return done.stdout
+
+
+def _own_netns() -> list[str]:
+    try:
+        return [n for n in os.listdir("/run/netns") if n.startswith(PREFIX)]
+    except FileNotFoundError:
+        return []
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _remove_leftover_namespaces() -> Iterator[None]:
+    yield
+    for name in _own_netns():
+        subprocess.run(["ip", "netns", "del", name], check=False, capture_output=True)
+
+
+@pytest.fixture
+def make_netns() -> Iterator[Callable[[], str]]:
+    """Create named network namespaces (``ip netns add``); all deleted after the test."""
+    made: list[str] = []
+
+    def make() -> str:
+        name = f"{PREFIX}{next(_counter)}"
+        ip("netns", "add", name)
+        made.append(name)
+        ip("-n", name, "link", "set", "lo", "up")
+        return name
+
+    yield make
+    for name in made:
+        if os.path.exists(f"/run/netns/{name}"):
+            subprocess.run(["ip", "netns", "del", name], check=False, capture_output=True)
+
+
+@pytest.fixture
+def netns(make_netns: Callable[[], str]) -> str:
+    """Path of one fresh named network namespace."""
+    return f"/run/netns/{make_netns()}"
+
+
+def _children() -> set[int]:
+    return {p.pid for p in psutil.Process().children(recursive=True) if p.status() != psutil.STATUS_ZOMBIE}
+
+
+@pytest.fixture
+def pool() -> Iterator[nsworkers.Pool]:
+    """A pool shut down after the test; checks it left no live process behind."""
+    before = _children()
+    p = nsworkers.Pool()
+    try:
+        yield p
+    finally:
+        p.shutdown()
+        assert wait_for(lambda: not (_children() - before)), f"processes left: {_children() - before}"
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 5.0, interval: float = 0.01) -> bool:
+    """Poll *predicate* until true or *timeout*; returns its last value."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        if predicate():
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(interval)
+
+
+def thread_netns() -> set[str]:
+    """The network namespaces the test process's threads are in now."""
+    result = set()
+    for tid in os.listdir("/proc/self/task"):
+        with contextlib.suppress(FileNotFoundError, PermissionError):  # a thread exiting now
+            result.add(os.readlink(f"/proc/self/task/{tid}/ns/net"))
+    return result
+
+
+@pytest.fixture(autouse=True)
+def _no_thread_left_its_namespace() -> Iterator[None]:
+    # lxkns-style guard: whatever a test does, no caller thread may change namespace.
+    home = os.readlink("/proc/self/ns/net")
+    yield
+    assert thread_netns() <= {home}
+
+
+def run_python(code: str, *, no_caps: bool = False, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run *code* in a fresh interpreter that can import nsworkers (*no_caps*: with every capability dropped)."""
+    src = os.path.dirname(os.path.dirname(os.path.abspath(nsworkers.__file__)))
+    env = dict(os.environ, PYTHONPATH=src)
+    cmd = [sys.executable, "-c", code]
+    if no_caps:
+        cmd = ["setpriv", "--bounding-set=-all", "--inh-caps=-all", *cmd]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, check=False)

@@ -1,0 +1,489 @@
+"""Pool: calls run in the target namespace, fail in typed ways, and never move the caller."""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable
+
+import psutil
+import pytest
+
+import nsworkers
+from nsworkers import Namespace, Pool
+
+from .conftest import ip, run_python, thread_netns, wait_for
+
+pytestmark = pytest.mark.privileged
+
+
+def my_netns() -> str:
+    return os.readlink("/proc/self/ns/net")
+
+
+def pid() -> int:
+    return os.getpid()
+
+
+def interfaces() -> list[str]:
+    return sorted(name for _, name in socket.if_nameindex())
+
+
+def sleep_then(seconds: float, value: str) -> str:
+    time.sleep(seconds)
+    return value
+
+
+def sleep_then_pid(seconds: float) -> int:
+    time.sleep(seconds)
+    return os.getpid()
+
+
+class Unpicklable(Exception):
+    def __init__(self, a: int, b: int) -> None:  # pickle rebuilds it with one arg: fails
+        super().__init__(f"{a}-{b}")
+
+
+def raise_unpicklable() -> None:
+    raise Unpicklable(1, 2)
+
+
+def test_callable_runs_in_the_namespace(pool: Pool, netns: str) -> None:
+    name = os.path.basename(netns)
+    ip("link", "add", f"{name[-6:]}a", "netns", name, "type", "veth", "peer", "name", f"{name[-6:]}b", "netns", name)
+    with Namespace.open(netns) as ns:
+        assert pool.run(netns, my_netns) == ns.unique_id
+    assert pool.run(netns, interfaces) == sorted(["lo", f"{name[-6:]}a", f"{name[-6:]}b"])
+    assert my_netns() != pool.run(netns, my_netns)
+
+
+def test_args_and_kwargs_are_forwarded_unchanged(pool: Pool, netns: str) -> None:
+    def echo(*args: object, **kwargs: object) -> tuple[object, ...]:
+        return args, kwargs
+
+    got = pool.run(netns, echo, 1, "x", timeout=5, target="t", fn="f")
+    assert got == ((1, "x"), {"timeout": 5, "target": "t", "fn": "f"})
+    assert pool.options(timeout=10).run(netns, echo, timeout=1) == ((), {"timeout": 1})
+
+
+def test_lambdas_closures_and_nested_functions(pool: Pool, netns: str) -> None:
+    base = 40
+
+    def closure(x: int) -> int:
+        return base + x
+
+    assert pool.run(netns, lambda: base + 1) == 41
+    assert pool.run(netns, closure, 2) == 42
+    assert pool.run(netns, lambda: lambda y: y * 2)(21) == 42  # a lambda as the result
+
+
+def test_main_module_functions(netns: str) -> None:
+    code = f"""
+import nsworkers
+HELLO = "hi"
+def helper(x):
+    return HELLO + x
+def main_fn(x):
+    return helper(x)
+class Point:
+    def __init__(self, x): self.x = x
+with nsworkers.Pool() as pool:
+    print(pool.run({netns!r}, main_fn, "!"))
+    print(pool.run({netns!r}, lambda p: p.x, Point(7)))
+"""
+    done = run_python(code)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["hi!", "7"]
+
+
+def test_one_worker_per_namespace_identity(pool: Pool, netns: str) -> None:
+    name = os.path.basename(netns)
+    with Namespace.from_name(name) as ns:
+        pids = {pool.run(netns, pid), pool.run(ns, pid), pool.run([ns], pid), pool.run(f"/var/run/netns/{name}", pid)}
+    assert len(pids) == 1
+    assert len(pool.workers()) == 1
+
+
+def test_recreated_name_gets_a_new_worker(pool: Pool, netns: str) -> None:
+    name = os.path.basename(netns)
+    first_ns, first_pid = pool.run(netns, lambda: (my_netns(), os.getpid()))
+    ip("netns", "del", name)
+    ip("netns", "add", name)
+    second_ns, second_pid = pool.run(netns, lambda: (my_netns(), os.getpid()))
+    assert first_ns != second_ns
+    assert first_pid != second_pid
+
+
+def test_exception_keeps_its_type_and_remote_traceback(pool: Pool, netns: str) -> None:
+    def fail() -> None:
+        raise KeyError("missing")
+
+    with pytest.raises(KeyError) as info:
+        pool.run(netns, fail)
+    cause = info.value.__cause__
+    assert isinstance(cause, nsworkers.RemoteTraceback)
+    assert "fail" in cause.tb and "KeyError" in cause.tb
+    assert pool.run(netns, lambda: 1) == 1
+
+
+def test_unpicklable_exception_becomes_remote_error(pool: Pool, netns: str) -> None:
+    with pytest.raises(nsworkers.RemoteError) as info:
+        pool.run(netns, raise_unpicklable)
+    assert info.value.type_name.endswith("Unpicklable")
+    assert "1-2" in info.value.message
+    assert "raise_unpicklable" in info.value.remote_traceback
+
+
+@pytest.mark.parametrize(
+    ("kill", "expect"),
+    [
+        (lambda: os._exit(3), "exited with code 3"),
+        (lambda: os.kill(os.getpid(), signal.SIGKILL), "SIGKILL"),
+        (lambda: ctypes.string_at(0), "SIGSEGV"),
+    ],
+    ids=["exit", "sigkill", "segfault"],
+)
+def test_crash_fails_only_that_call(
+    pool: Pool, make_netns: Callable[[], str], kill: Callable[[], None], expect: str
+) -> None:
+    victim, bystander = f"/run/netns/{make_netns()}", f"/run/netns/{make_netns()}"
+    before = pool.run(victim, pid)
+    slow = pool.submit(bystander, sleep_then, 0.5, "fine")
+    with pytest.raises(nsworkers.WorkerCrashedError) as info:
+        pool.run(victim, kill)
+    assert expect in str(info.value)
+    assert str(before) in str(info.value)
+    assert slow.result(timeout=10) == "fine"
+    after = pool.run(victim, pid)
+    assert after != before
+    assert not psutil.pid_exists(before) or psutil.Process(before).status() == psutil.STATUS_ZOMBIE
+
+
+def test_timeout_kills_and_replaces_the_worker(pool: Pool, netns: str) -> None:
+    before = pool.run(netns, pid)
+    start = time.monotonic()
+    with pytest.raises(nsworkers.WorkerTimeoutError) as info:
+        pool.options(timeout=0.3).run(netns, time.sleep, 30)
+    elapsed = time.monotonic() - start
+    assert isinstance(info.value, TimeoutError)
+    assert 0.3 <= elapsed < 0.3 + 0.5
+    assert wait_for(lambda: not psutil.pid_exists(before))
+    assert pool.run(netns, pid) != before
+
+
+def test_pool_default_timeout(netns: str) -> None:
+    with Pool(timeout=0.2) as pool, pytest.raises(TimeoutError):
+        pool.run(netns, time.sleep, 10)
+
+
+@pytest.mark.parametrize("bad", [0, -1, True, "1"])
+def test_invalid_timeouts(bad: object) -> None:
+    with pytest.raises(ValueError):
+        Pool(timeout=bad)  # type: ignore[arg-type]
+    with Pool() as pool, pytest.raises(ValueError):
+        pool.options(timeout=bad)  # type: ignore[arg-type]
+
+
+def test_unserializable_argument_and_result(pool: Pool, netns: str) -> None:
+    before = pool.run(netns, pid)
+    with pytest.raises(nsworkers.SerializationError):
+        pool.run(netns, id, threading.Lock())
+    with pytest.raises(nsworkers.SerializationError):
+        pool.run(netns, lambda: (i for i in range(3)))
+    with pytest.raises(nsworkers.SerializationError):
+        pool.run(netns, open, "/proc/self/status")
+    assert pool.run(netns, pid) == before
+
+
+def test_bad_targets_spawn_nothing(pool: Pool, tmp_path: object) -> None:
+    cases: list[tuple[object, type[Exception]]] = [
+        ("/run/netns/nsw-missing", nsworkers.NamespaceNotFoundError),
+        ("/proc/self/status", nsworkers.NotANamespaceError),
+        ("/proc", nsworkers.NotANamespaceError),
+        (None, nsworkers.InvalidTargetError),
+        (42, nsworkers.InvalidTargetError),
+        (b"/proc/self/ns/net", nsworkers.InvalidTargetError),
+        (["/proc/self/ns/net"], nsworkers.InvalidTargetError),
+        ([], nsworkers.InvalidTargetError),
+    ]
+    for target, error in cases:
+        with pytest.raises(error):
+            pool.run(target, pid)  # type: ignore[arg-type]
+        with pytest.raises(error):
+            pool.submit(target, pid)  # type: ignore[arg-type]
+    ns = Namespace.current()
+    ns.close()
+    with pytest.raises(nsworkers.NamespaceClosedError):
+        pool.run(ns, pid)
+    with pytest.raises(TypeError):
+        pool.run("/proc/self/ns/net", 42)  # type: ignore[arg-type]
+    assert pool.workers() == []
+
+
+def test_submit_map_and_arun(pool: Pool, make_netns: Callable[[], str]) -> None:
+    paths = [f"/run/netns/{make_netns()}" for _ in range(4)]
+    futures = [pool.submit(p, my_netns) for p in paths]
+    expected = {p: pool.run(p, my_netns) for p in paths}
+    assert [f.result(timeout=10) for f in futures] == [expected[p] for p in paths]
+    assert dict(pool.map(my_netns, paths)) == expected
+    assert dict(pool.map(lambda x: x * 2, paths, args=(21,))) == dict.fromkeys(paths, 42)
+
+    async def gather() -> list[str]:
+        return await asyncio.gather(*(pool.arun(p, my_netns) for p in paths))
+
+    assert asyncio.run(gather()) == [expected[p] for p in paths]
+
+
+def test_map_errors(pool: Pool, netns: str) -> None:
+    targets = [netns, "/nonexistent/ns", netns]
+    results = list(pool.map(pid, targets, return_exceptions=True))
+    assert len(results) == 3
+    assert sum(isinstance(r, nsworkers.NamespaceNotFoundError) for _, r in results) == 1
+    with pytest.raises(nsworkers.NamespaceNotFoundError):
+        list(pool.map(pid, targets))
+
+
+def test_cancel_before_run(pool: Pool, netns: str) -> None:
+    blocker = pool.submit(netns, time.sleep, 0.5)
+    queued = pool.submit(netns, pid)
+    assert queued.cancel()
+    blocker.result(timeout=10)
+    assert queued.cancelled()
+
+
+def test_max_workers_evicts_least_recently_used(make_netns: Callable[[], str]) -> None:
+    a, b, c = (f"/run/netns/{make_netns()}" for _ in range(3))
+    with Pool(max_workers=2) as pool:
+        pa, pb = pool.run(a, pid), pool.run(b, pid)
+        pool.run(a, pid)  # b is now the least recently used
+        pool.run(c, pid)
+        assert len(pool.workers()) == 2
+        assert wait_for(lambda: not psutil.pid_exists(pb))
+        assert pool.run(a, pid) == pa
+
+
+def test_idle_timeout(netns: str) -> None:
+    with Pool(idle_timeout=0.2) as pool:
+        first = pool.run(netns, pid)
+        assert wait_for(lambda: not pool.workers(memory=False), timeout=5)
+        assert wait_for(lambda: not psutil.pid_exists(first))
+        assert pool.run(netns, pid) != first
+
+
+def test_max_tasks_per_worker(netns: str) -> None:
+    with Pool(max_tasks_per_worker=2) as pool:
+        pids = [pool.run(netns, pid) for _ in range(5)]
+    assert pids[0] == pids[1] != pids[2] == pids[3] != pids[4]
+
+
+def test_workers_per_namespace_runs_in_parallel(netns: str) -> None:
+    with Pool(workers_per_namespace=3) as pool:
+        start = time.monotonic()
+        futures = [pool.submit(netns, sleep_then_pid, 0.5) for _ in range(3)]
+        pids = {f.result(timeout=10) for f in futures}
+        assert time.monotonic() - start < 1.4
+        assert len(pids) == 3
+        assert len(pool.workers()) == 3
+
+
+def test_workers_report(pool: Pool, netns: str) -> None:
+    worker_pid = pool.run(netns, pid)
+    (info,) = pool.workers()
+    assert info.pid == worker_pid
+    assert info.namespace == netns
+    assert info.state == "idle"
+    assert info.calls == 1
+    assert info.rss and info.uss and info.uss <= info.rss
+
+
+def test_worker_process_hygiene(pool: Pool, netns: str) -> None:
+    worker_pid = pool.run(netns, pid)
+    proc = psutil.Process(worker_pid)
+    assert proc.name() == "nsw-worker"
+    assert psutil.Process(proc.ppid()).name() == "nsw-zygote"
+    fds = os.listdir(f"/proc/{worker_pid}/fd")
+    # stdin/out/err, the two channel pipes and the /proc/self/ns directory
+    assert len(fds) == 6, [os.readlink(f"/proc/{worker_pid}/fd/{fd}") for fd in fds]
+    with open(f"/proc/{worker_pid}/status") as f:
+        status = dict(line.split(":", 1) for line in f)
+    assert int(status["SigIgn"], 16) & (1 << (signal.SIGINT - 1))
+    assert len(proc.threads()) == 1
+
+
+def test_callable_that_moves_the_worker(pool: Pool, netns: str) -> None:
+    def escape() -> None:
+        fd = os.open("/proc/1/ns/net" if os.access("/proc/1/ns/net", os.R_OK) else f"/proc/{os.getppid()}/ns/net", 0)
+        libc = ctypes.CDLL(None, use_errno=True)
+        assert libc.setns(fd, 0) == 0
+
+    before = pool.run(netns, pid)
+    with pytest.raises(nsworkers.WorkerStateError):
+        pool.run(netns, escape)
+    assert pool.run(netns, pid) != before
+
+
+def test_callable_that_forks(pool: Pool, netns: str) -> None:
+    def fork_and_return() -> int:
+        child = os.fork()
+        if child:
+            os.waitpid(child, 0)
+        return os.getpid()
+
+    worker = pool.run(netns, pid)
+    assert pool.run(netns, fork_and_return) == worker
+    assert pool.run(netns, pid) == worker
+
+
+def test_shutdown_leaves_nothing(netns: str) -> None:
+    fds_before = set(os.listdir("/proc/self/fd"))
+    pool = Pool()
+    pool.run(netns, pid)
+    pool.submit(netns, pid).result()
+    children = psutil.Process().children(recursive=True)
+    assert {c.name() for c in children} >= {"nsw-zygote", "nsw-worker"}
+    pool.shutdown()
+    assert wait_for(lambda: not psutil.Process().children(recursive=True))
+    assert set(os.listdir("/proc/self/fd")) <= fds_before
+    with pytest.raises(nsworkers.PoolClosedError):
+        pool.run(netns, pid)
+    with pytest.raises(nsworkers.PoolClosedError):
+        pool.submit(netns, pid)
+    pool.shutdown()  # idempotent
+
+
+def test_shutdown_waits_for_queued_calls(netns: str) -> None:
+    pool = Pool()
+    futures = [pool.submit(netns, time.sleep, 0.05) for _ in range(5)]
+    pool.shutdown(wait=True)
+    assert all(f.done() and f.exception() is None for f in futures)
+
+
+def test_shutdown_cancel_futures(netns: str) -> None:
+    pool = Pool()
+    futures = [pool.submit(netns, time.sleep, 0.2) for _ in range(5)]
+    pool.shutdown(wait=True, cancel_futures=True)
+    assert any(f.cancelled() for f in futures)
+
+
+def test_many_threads_never_leave_their_namespace(make_netns: Callable[[], str]) -> None:
+    paths = [f"/run/netns/{make_netns()}" for _ in range(8)]
+    home = os.readlink("/proc/self/ns/net")
+    with Pool() as pool:
+        expected = {p: pool.run(p, my_netns) for p in paths}
+        errors: list[BaseException] = []
+        seen: set[str] = set()
+        stop = threading.Event()
+
+        def sampler() -> None:
+            while not stop.is_set():
+                seen.update(thread_netns())
+
+        def caller(i: int) -> None:
+            try:
+                for j in range(150):
+                    p = paths[(i + j) % len(paths)]
+                    got = pool.submit(p, my_netns).result() if j % 3 == 0 else pool.run(p, my_netns)
+                    assert got == expected[p]
+            except BaseException as exc:
+                errors.append(exc)
+
+        watcher = threading.Thread(target=sampler)
+        watcher.start()
+        threads = [threading.Thread(target=caller, args=(i,)) for i in range(64)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+        stop.set()
+        watcher.join()
+    assert not errors, errors[:3]
+    assert seen == {home}
+
+
+def test_caller_killed_takes_zygote_and_workers(netns: str) -> None:
+    import subprocess
+    import sys
+
+    code = f"""
+import os, sys, threading, time, nsworkers
+pool = nsworkers.Pool()
+t = threading.Thread(target=lambda: pool.run({netns!r}, os.getpid))  # first use from a short-lived thread
+t.start(); t.join()
+busy = pool.submit({netns!r}, time.sleep, 60)
+idle = pool.run("/proc/self/ns/uts", os.getpid)
+print(" ".join(str(w.pid) for w in pool.workers()), pool._spawner.zygote_pid, flush=True)
+time.sleep(60)
+"""
+    src = os.path.dirname(os.path.dirname(os.path.abspath(nsworkers.__file__)))
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONPATH=src)
+    )
+    try:
+        assert proc.stdout is not None
+        pids = [int(p) for p in proc.stdout.readline().split()]
+        assert len(pids) == 3 and all(psutil.pid_exists(p) for p in pids)
+        proc.kill()
+        proc.wait()
+        start = time.monotonic()
+
+        def gone() -> bool:
+            return all(not psutil.pid_exists(p) or psutil.Process(p).status() == psutil.STATUS_ZOMBIE for p in pids)
+
+        assert wait_for(gone, timeout=5)
+        assert time.monotonic() - start < 1.0
+    finally:
+        proc.kill()
+        proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+def test_join_failure_is_typed(netns: str) -> None:
+    # Without CAP_SYS_ADMIN the caller may open the namespace file but not setns() into it.
+    done = run_python(
+        f"""
+import nsworkers, os
+try:
+    nsworkers.Pool().run({netns!r}, os.getpid)
+except nsworkers.NamespaceJoinError as exc:
+    print("errno", exc.errno)
+""",
+        no_caps=True,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "errno 1"
+
+
+def test_multi_namespace_target(pool: Pool, netns: str) -> None:
+    with Namespace.open(netns) as net, Namespace.current("uts") as uts:
+        got = pool.run([uts, net], lambda: (my_netns(), os.readlink("/proc/self/ns/uts")))
+        assert got == (net.unique_id, uts.unique_id)
+        with pytest.raises(nsworkers.NamespaceTypeError):
+            pool.run([net, Namespace.current()], pid)
+
+
+def test_fork_start_method_sees_caller_state(netns: str) -> None:
+    marker = {"value": 1}
+    with Pool(start_method="fork") as pool:
+        marker["value"] = 2
+        worker = pool.run(netns, lambda: (marker["value"], os.getppid(), my_netns()))
+    assert worker[0] == 2
+    assert worker[1] == os.getpid()
+    with Namespace.open(netns) as ns:
+        assert worker[2] == ns.unique_id
+
+
+def test_default_pool(netns: str) -> None:
+    assert nsworkers.run(netns, lambda: 5) == 5
+    nsworkers.default_pool().shutdown()
+
+
+def test_large_payloads(pool: Pool, netns: str) -> None:
+    blob = os.urandom(1 << 20) * 200  # 200 MiB each way
+    assert pool.run(netns, len, blob) == len(blob)
+    assert len(pool.run(netns, lambda n: b"x" * n, 300 << 20)) == 300 << 20

@@ -1,0 +1,113 @@
+"""Framing and serialization, including a misbehaving peer (property tests)."""
+
+from __future__ import annotations
+
+import os
+import struct
+import threading
+from collections.abc import Iterator
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from nsworkers import ProtocolError, SerializationError
+from nsworkers._protocol import DILL, HEADER, PICKLE, Channel, ChannelClosed, channel_pipes, dumps, loads
+
+
+@pytest.fixture
+def pair() -> Iterator[tuple[Channel, Channel]]:
+    ours, theirs = channel_pipes()
+    a, b = Channel(*ours), Channel(*theirs)
+    yield a, b
+    a.close()
+    b.close()
+
+
+def module_level(x: int) -> int:
+    return x + 1
+
+
+def test_codecs() -> None:
+    assert dumps((module_level, (1,), {}))[0] == PICKLE
+    assert dumps(lambda: 1)[0] == DILL
+    codec, data = dumps(lambda x: x * 3)
+    assert loads(codec, data)(2) == 6
+    # A string that merely mentions __main__ takes the slow path but stays plain pickle.
+    assert dumps("__main__")[0] == PICKLE
+    with pytest.raises(SerializationError):
+        dumps(threading.Lock())
+    with pytest.raises(SerializationError):
+        loads(PICKLE, b"not a pickle")
+
+
+def test_roundtrip_small_and_large(pair: tuple[Channel, Channel]) -> None:
+    a, b = pair
+    for size in (0, 1, 100, (1 << 16) - 1, 1 << 16, 5 << 20):
+        payload = os.urandom(size)
+        sender = threading.Thread(target=a.send, args=(PICKLE, payload))
+        sender.start()
+        codec, got = b.recv()
+        sender.join()
+        assert codec == PICKLE and bytes(got) == payload
+
+
+def test_two_frames_in_one_read(pair: tuple[Channel, Channel]) -> None:
+    a, b = pair
+    os.write(a.wfd, HEADER.pack(3, PICKLE) + b"abc" + HEADER.pack(2, DILL) + b"de")
+    assert [(c, bytes(p)) for c, p in (b.recv(), b.recv())] == [(PICKLE, b"abc"), (DILL, b"de")]
+
+
+def test_eof_and_truncation(pair: tuple[Channel, Channel]) -> None:
+    a, b = pair
+    os.write(a.wfd, HEADER.pack(10, PICKLE) + b"abc")
+    os.close(a.wfd)
+    a.wfd = -1
+    with pytest.raises(ChannelClosed):
+        b.recv()
+
+
+def test_timeout(pair: tuple[Channel, Channel]) -> None:
+    import time
+
+    _, b = pair
+    with pytest.raises(TimeoutError):
+        b.recv(deadline=time.monotonic() + 0.05)
+
+
+def test_garbage_header(pair: tuple[Channel, Channel]) -> None:
+    a, b = pair
+    os.write(a.wfd, struct.pack("<QB", 5, 99) + b"hello")
+    with pytest.raises(ProtocolError):
+        b.recv()
+
+
+def test_oversized_frame_is_refused(pair: tuple[Channel, Channel]) -> None:
+    a, b = pair
+    b.max_frame = 1 << 20
+    os.write(a.wfd, HEADER.pack(1 << 40, PICKLE))
+    with pytest.raises(ProtocolError):
+        b.recv()
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=200), st.booleans())
+def test_garbage_never_crashes_or_hangs(data: bytes, close: bool) -> None:
+    ours, theirs = channel_pipes()
+    a, b = Channel(*ours), Channel(*theirs)
+    b.max_frame = 1 << 16
+    try:
+        os.write(a.wfd, data)
+        if close:
+            os.close(a.wfd)
+            a.wfd = -1
+        import time
+
+        try:
+            codec, payload = b.recv(deadline=time.monotonic() + 0.05)
+            loads(codec, payload)
+        except (ProtocolError, ChannelClosed, TimeoutError, SerializationError):
+            pass
+    finally:
+        a.close()
+        b.close()
