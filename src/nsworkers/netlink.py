@@ -1,0 +1,592 @@
+"""Network inspection functions meant to run *inside* a worker.
+
+Each returns plain JSON-ready data shaped like iproute2's ``ip -j`` output
+(same keys, same value formats for the fields ``ip`` prints by default), so
+jq scripts written against ``ip -j`` carry over::
+
+    pool.run("/run/netns/blue", nsworkers.netlink.links)      # ~ ip -j link show
+    pool.run("/run/netns/blue", nsworkers.netlink.snapshot)   # links, addresses, routes
+
+They share one pyroute2 netlink socket per worker process, opened on first
+use. Every dump is retried when the kernel marks it interrupted
+(``NLM_F_DUMP_INTR``: the table changed while it was being read), up to
+``attempts`` times (5, like moby's nlwrap); a dump that stayed interrupted is
+returned anyway as a :class:`Dump` whose ``interrupted`` is true, a warning
+is logged, and :func:`snapshot` lists it under ``"inconsistent"``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+__all__ = (
+    "DEFAULT_ATTEMPTS",
+    "SECTIONS",
+    "Dump",
+    "addresses",
+    "links",
+    "neighbours",
+    "routes",
+    "rules",
+    "snapshot",
+    "sysctl",
+)
+
+log = logging.getLogger("nsworkers.netlink")
+
+DEFAULT_ATTEMPTS = 5
+NLM_F_DUMP_INTR = 0x10
+
+Record = dict[str, Any]
+
+
+class Dump(list[Record]):
+    """A list of records; ``interrupted`` is true if the kernel flagged every attempt inconsistent."""
+
+    interrupted: bool = False
+    attempts: int = 1
+
+
+_ipr: Any = None
+_ipr_pid = 0
+
+
+def _socket() -> Any:
+    """The worker's netlink socket, opened on first use (and again after a fork)."""
+    global _ipr, _ipr_pid
+    if _ipr is None or _ipr_pid != os.getpid():
+        from pyroute2 import IPRoute
+
+        _ipr = IPRoute()
+        _ipr_pid = os.getpid()
+    return _ipr
+
+
+def _dump(what: str, fetch: Callable[[Any], Iterable[Any]], attempts: int) -> tuple[list[Any], bool, int]:
+    if attempts < 1:
+        raise ValueError("attempts must be >= 1")
+    ipr = _socket()
+    for attempt in range(1, attempts + 1):
+        msgs = list(fetch(ipr))
+        if not any(m["header"]["flags"] & NLM_F_DUMP_INTR for m in msgs):
+            return msgs, False, attempt
+    log.warning("%s dump still interrupted after %d attempts; returning an inconsistent result", what, attempts)
+    return msgs, True, attempts
+
+
+def _result(records: list[Record], interrupted: bool, attempts: int) -> Dump:
+    out = Dump(records)
+    out.interrupted = interrupted
+    out.attempts = attempts
+    return out
+
+
+# ---------------------------------------------------------------------------
+# names iproute2 prints
+
+_IFF = [  # (flag, name) in the order iproute2 prints them
+    (0x8, "LOOPBACK"),
+    (0x2, "BROADCAST"),
+    (0x10, "POINTOPOINT"),
+    (0x1000, "MULTICAST"),
+    (0x80, "NOARP"),
+    (0x200, "ALLMULTI"),
+    (0x100, "PROMISC"),
+    (0x400, "MASTER"),
+    (0x800, "SLAVE"),
+    (0x4, "DEBUG"),
+    (0x8000, "DYNAMIC"),
+    (0x4000, "AUTOMEDIA"),
+    (0x2000, "PORTSEL"),
+    (0x20, "NOTRAILERS"),
+    (0x1, "UP"),
+    (0x10000, "LOWER_UP"),
+    (0x20000, "DORMANT"),
+    (0x40000, "ECHO"),
+]
+_IFF_UP, _IFF_RUNNING = 0x1, 0x40
+_OPERSTATES = ["UNKNOWN", "NOTPRESENT", "DOWN", "LOWERLAYERDOWN", "TESTING", "DORMANT", "UP"]
+_LINKMODES = ["DEFAULT", "DORMANT"]
+_ARPHRD = {
+    0: "netrom",
+    1: "ether",
+    2: "eether",
+    3: "ax25",
+    4: "pronet",
+    5: "chaos",
+    6: "ieee802",
+    7: "arcnet",
+    8: "appletlk",
+    15: "dlci",
+    19: "atm",
+    23: "metricom",
+    24: "ieee1394",
+    27: "eui64",
+    32: "infiniband",
+    256: "slip",
+    257: "cslip",
+    258: "slip6",
+    259: "cslip6",
+    260: "rsrvd",
+    264: "adapt",
+    270: "rose",
+    271: "x25",
+    272: "hwx25",
+    280: "can",
+    512: "ppp",
+    513: "hdlc",
+    516: "lapb",
+    517: "ddcmp",
+    518: "rawhdlc",
+    519: "rawip",
+    768: "ipip",
+    769: "tunnel6",
+    770: "frad",
+    771: "skip",
+    772: "loopback",
+    773: "localtlk",
+    774: "fddi",
+    775: "bif",
+    776: "sit",
+    777: "ip/ddp",
+    778: "gre",
+    779: "pimreg",
+    780: "hippi",
+    781: "ash",
+    782: "econet",
+    783: "irda",
+    784: "fcpp",
+    785: "fcal",
+    786: "fcpl",
+    787: "fcfb0",
+    800: "tr",
+    801: "tr+rif",
+    802: "ieee802.11",
+    803: "ieee802.11/prism",
+    804: "ieee802.11/radiotap",
+    805: "ieee802.15.4",
+    806: "ieee802.15.4/monitor",
+    820: "phonet",
+    821: "phonet_pipe",
+    822: "caif",
+    823: "ip6gre",
+    824: "netlink",
+    825: "6lowpan",
+    826: "vsockmon",
+    0xFFFE: "none",
+    0xFFFF: "void",
+}
+_SCOPES = {0: "global", 200: "site", 253: "link", 254: "host", 255: "nowhere"}
+_TABLES = {0: "unspec", 252: "compat", 253: "default", 254: "main", 255: "local"}
+_PROTOS = {
+    0: "unspec",
+    1: "redirect",
+    2: "kernel",
+    3: "boot",
+    4: "static",
+    8: "gated",
+    9: "ra",
+    10: "mrt",
+    11: "zebra",
+    12: "bird",
+    13: "dnrouted",
+    14: "xorp",
+    15: "ntk",
+    16: "dhcp",
+    17: "mrouted",
+    18: "keepalived",
+    42: "babel",
+    99: "openr",
+    186: "bgp",
+    187: "isis",
+    188: "ospf",
+    189: "rip",
+    192: "eigrp",
+}
+_RTN = [
+    "none",
+    "unicast",
+    "local",
+    "broadcast",
+    "anycast",
+    "multicast",
+    "blackhole",
+    "unreachable",
+    "prohibit",
+    "throw",
+    "nat",
+    "xresolve",
+]
+_RTNH_F = [(1, "dead"), (2, "pervasive"), (4, "onlink"), (8, "offload"), (16, "linkdown"), (32, "unresolved"), (64, "trap")]
+_NUD = [
+    (0x01, "INCOMPLETE"),
+    (0x02, "REACHABLE"),
+    (0x04, "STALE"),
+    (0x08, "DELAY"),
+    (0x10, "PROBE"),
+    (0x20, "FAILED"),
+    (0x40, "NOARP"),
+    (0x80, "PERMANENT"),
+]
+_IFA_F = [  # (IFA_F_* bit, key), in the order ip -j prints them before "dynamic"
+    (0x40, "tentative"),
+    (0x20, "deprecated"),
+    (0x10, "home"),
+    (0x02, "nodad"),
+    (0x100, "mngtmpaddr"),
+    (0x200, "noprefixroute"),
+    (0x400, "autojoin"),
+]
+_IFA_F_LATE = [(0x08, "dadfailed"), (0x04, "optimistic"), (0x800, "stable-privacy")]
+_FAMILY = {socket.AF_INET: "inet", socket.AF_INET6: "inet6"}
+_FR_ACT = {2: "goto", 3: "nop", 6: "blackhole", 7: "unreachable", 8: "prohibit"}
+_HOST_LEN = {socket.AF_INET: 32, socket.AF_INET6: 128}
+
+
+def _table_name(table: int) -> str:
+    return _TABLES.get(table, str(table))
+
+
+def _link_flags(flags: int) -> list[str]:
+    out = []
+    if flags & _IFF_UP and not flags & _IFF_RUNNING:
+        out.append("NO-CARRIER")
+    flags &= ~_IFF_RUNNING
+    for bit, name in _IFF:
+        if flags & bit:
+            out.append(name)
+            flags &= ~bit
+    if flags:
+        out.append(f"{flags:x}")
+    return out
+
+
+def _attrs(msg: Any) -> dict[str, Any]:
+    return {name: value for name, value in msg["attrs"]}
+
+
+# ---------------------------------------------------------------------------
+# links and addresses
+
+
+def _link_record(msg: Any, names: dict[int, str], with_linkmode: bool) -> Record:
+    a = _attrs(msg)
+    rec: Record = {"ifindex": msg["index"]}
+    iflink = a.get("IFLA_LINK")
+    if iflink is not None and iflink != msg["index"]:
+        if iflink == 0:
+            rec["link"] = None
+        elif "IFLA_LINK_NETNSID" in a:
+            rec["link_index"] = iflink
+        else:
+            rec["link"] = names.get(iflink, f"if{iflink}")
+    rec["ifname"] = a.get("IFLA_IFNAME")
+    rec["flags"] = _link_flags(msg["flags"])
+    rec["mtu"] = a.get("IFLA_MTU")
+    if "IFLA_QDISC" in a:
+        rec["qdisc"] = a["IFLA_QDISC"]
+    if "IFLA_MASTER" in a:
+        rec["master"] = names.get(a["IFLA_MASTER"], f"if{a['IFLA_MASTER']}")
+    if "IFLA_OPERSTATE" in a:
+        state = a["IFLA_OPERSTATE"]
+        rec["operstate"] = _OPERSTATES[state] if isinstance(state, int) and state < len(_OPERSTATES) else state
+    if with_linkmode and "IFLA_LINKMODE" in a:
+        mode = a["IFLA_LINKMODE"]
+        rec["linkmode"] = _LINKMODES[mode] if isinstance(mode, int) and mode < len(_LINKMODES) else mode
+    group = a.get("IFLA_GROUP", 0)
+    rec["group"] = "default" if group == 0 else str(group)
+    if "IFLA_TXQLEN" in a:
+        rec["txqlen"] = a["IFLA_TXQLEN"]
+    rec["link_type"] = _ARPHRD.get(msg["ifi_type"], f"[{msg['ifi_type']}]")
+    if "IFLA_ADDRESS" in a:
+        rec["address"] = a["IFLA_ADDRESS"]
+    if "IFLA_PERM_ADDRESS" in a and a["IFLA_PERM_ADDRESS"] != a.get("IFLA_ADDRESS"):
+        rec["permaddr"] = a["IFLA_PERM_ADDRESS"]
+    if "IFLA_BROADCAST" in a:
+        rec["link_pointtopoint" if msg["flags"] & 0x10 else "broadcast"] = a["IFLA_BROADCAST"]
+    if "IFLA_LINK_NETNSID" in a:
+        rec["link_netnsid"] = a["IFLA_LINK_NETNSID"]
+    return rec
+
+
+def _link_msgs(attempts: int) -> tuple[list[Any], bool, int]:
+    return _dump("link", lambda ipr: ipr.get_links(), attempts)
+
+
+def links(attempts: int = DEFAULT_ATTEMPTS) -> Dump:
+    """Every interface, like ``ip -j link show``."""
+    msgs, interrupted, used = _link_msgs(attempts)
+    names = {m["index"]: m.get_attr("IFLA_IFNAME") for m in msgs}
+    return _result([_link_record(m, names, True) for m in msgs], interrupted, used)
+
+
+def _addr_record(msg: Any) -> Record:
+    a = _attrs(msg)
+    family = msg["family"]
+    rec: Record = {"family": _FAMILY.get(family, str(family))}
+    local = a.get("IFA_LOCAL", a.get("IFA_ADDRESS"))
+    rec["local"] = local
+    if "IFA_ADDRESS" in a and "IFA_LOCAL" in a and a["IFA_ADDRESS"] != a["IFA_LOCAL"]:
+        rec["address"] = a["IFA_ADDRESS"]
+    rec["prefixlen"] = msg["prefixlen"]
+    if "IFA_BROADCAST" in a:
+        rec["broadcast"] = a["IFA_BROADCAST"]
+    if "IFA_ANYCAST" in a:
+        rec["anycast"] = a["IFA_ANYCAST"]
+    scope = msg["scope"]
+    rec["scope"] = _SCOPES.get(scope, str(scope))
+    flags = a.get("IFA_FLAGS", msg["flags"])
+    if flags & 0x01:
+        rec["temporary" if family == socket.AF_INET6 else "secondary"] = True
+    for bit, key in _IFA_F:
+        if flags & bit:
+            rec[key] = True
+    if not flags & 0x80:  # IFA_F_PERMANENT
+        rec["dynamic"] = True
+    for bit, key in _IFA_F_LATE:
+        if flags & bit:
+            rec[key] = True
+    if "IFA_LABEL" in a and family == socket.AF_INET:
+        rec["label"] = a["IFA_LABEL"]
+    info = a.get("IFA_CACHEINFO")
+    if info is not None:
+        rec["valid_life_time"] = info["ifa_valid"]
+        rec["preferred_life_time"] = info["ifa_preferred"]
+    return rec
+
+
+def addresses(attempts: int = DEFAULT_ATTEMPTS) -> Dump:
+    """Interfaces with their addresses, like ``ip -j addr show`` (``addr_info`` per interface)."""
+    link_msgs, li, lu = _link_msgs(attempts)
+    addr_msgs, ai, au = _dump("addr", lambda ipr: ipr.get_addr(), attempts)
+    names = {m["index"]: m.get_attr("IFLA_IFNAME") for m in link_msgs}
+    by_link: dict[int, list[Record]] = {}
+    for msg in addr_msgs:
+        by_link.setdefault(msg["index"], []).append(_addr_record(msg))
+    out = []
+    for msg in link_msgs:
+        rec = _link_record(msg, names, False)
+        rec["addr_info"] = by_link.get(msg["index"], [])
+        out.append(rec)
+    return _result(out, li or ai, max(lu, au))
+
+
+# ---------------------------------------------------------------------------
+# routes, neighbours, rules
+
+
+def _prefix(addr: str | None, length: int, family: int) -> str:
+    if addr is None:
+        return "default" if length == 0 else f"0/{length}"
+    return addr if length == _HOST_LEN.get(family, -1) else f"{addr}/{length}"
+
+
+def _route_record(msg: Any, names: dict[int, str]) -> Record:
+    a = _attrs(msg)
+    family = msg["family"]
+    rec: Record = {}
+    if msg["type"] != 1:
+        rec["type"] = _RTN[msg["type"]] if msg["type"] < len(_RTN) else str(msg["type"])
+    rec["dst"] = _prefix(a.get("RTA_DST"), msg["dst_len"], family)
+    if "RTA_SRC" in a or msg["src_len"]:
+        rec["src"] = _prefix(a.get("RTA_SRC"), msg["src_len"], family)
+    if msg["tos"]:
+        rec["tos"] = hex(msg["tos"])
+    if "RTA_GATEWAY" in a:
+        rec["gateway"] = a["RTA_GATEWAY"]
+    if "RTA_OIF" in a:
+        rec["dev"] = names.get(a["RTA_OIF"], f"if{a['RTA_OIF']}")
+    table = a.get("RTA_TABLE", msg["table"])
+    if table != 254:
+        rec["table"] = _table_name(table)
+    if msg["proto"] != 3:
+        rec["protocol"] = _PROTOS.get(msg["proto"], str(msg["proto"]))
+    if msg["scope"] != 0:
+        rec["scope"] = _SCOPES.get(msg["scope"], str(msg["scope"]))
+    if "RTA_PREFSRC" in a:
+        rec["prefsrc"] = a["RTA_PREFSRC"]
+    if "RTA_PRIORITY" in a:
+        rec["metric"] = a["RTA_PRIORITY"]
+    rec["flags"] = [name for bit, name in _RTNH_F if msg["flags"] & bit]
+    metrics = a.get("RTA_METRICS")
+    if metrics:
+        for name, value in metrics["attrs"]:
+            key = name.replace("RTAX_", "").lower()
+            if key in ("mtu", "window", "rtt", "hoplimit", "advmss", "reordering", "initcwnd", "initrwnd", "quickack"):
+                rec[key] = value
+    if "RTA_MULTIPATH" in a:
+        hops = []
+        for hop in a["RTA_MULTIPATH"]:
+            ha = _attrs(hop)
+            h: Record = {}
+            if "RTA_GATEWAY" in ha:
+                h["gateway"] = ha["RTA_GATEWAY"]
+            h["dev"] = names.get(hop["oif"], f"if{hop['oif']}")
+            h["weight"] = hop["hops"] + 1
+            h["flags"] = [name for bit, name in _RTNH_F if hop["flags"] & bit]
+            hops.append(h)
+        rec["nexthops"] = hops
+    if family == socket.AF_INET6 and "RTA_PREF" in a:
+        rec["pref"] = {0: "medium", 1: "high", 3: "low"}.get(a["RTA_PREF"], str(a["RTA_PREF"]))
+    return rec
+
+
+def routes(family: int | None = None, attempts: int = DEFAULT_ATTEMPTS) -> Dump:
+    """Routes of every table, IPv4 then IPv6, each like ``ip -j [-6] route show table all``.
+
+    *family* (``socket.AF_INET`` or ``AF_INET6``) keeps one family only.
+    Cached clones (``RTM_F_CLONED``) are left out, as ``ip`` does.
+    """
+    link_msgs, li, lu = _link_msgs(attempts)
+    names = {m["index"]: m.get_attr("IFLA_IFNAME") for m in link_msgs}
+    out: list[Record] = []
+    interrupted, used = li, lu
+    for fam in (socket.AF_INET, socket.AF_INET6) if family is None else (family,):
+        msgs, i, u = _dump("route", lambda ipr, fam=fam: ipr.route("dump", family=fam), attempts)
+        interrupted, used = interrupted or i, max(used, u)
+        out.extend(_route_record(m, names) for m in msgs if not m["flags"] & 0x200)
+    return _result(out, interrupted, used)
+
+
+def _neigh_record(msg: Any, names: dict[int, str]) -> Record:
+    a = _attrs(msg)
+    rec: Record = {"dst": a.get("NDA_DST")}
+    rec["dev"] = names.get(msg["ifindex"], f"if{msg['ifindex']}")
+    if "NDA_LLADDR" in a:
+        rec["lladdr"] = a["NDA_LLADDR"]
+    flags = msg["flags"]
+    if flags & 0x80:
+        rec["router"] = True
+    if flags & 0x08:
+        rec["proxy"] = None
+    if flags & 0x10:
+        rec["extern_learn"] = True
+    if flags & 0x20:
+        rec["offload"] = True
+    state = msg["state"]
+    rec["state"] = [name for bit, name in _NUD if state & bit] or ["NONE"]
+    return rec
+
+
+def neighbours(family: int | None = None, attempts: int = DEFAULT_ATTEMPTS) -> Dump:
+    """ARP and NDP entries like ``ip -j neigh show`` (which hides ``NOARP`` entries and bridge fdb)."""
+    link_msgs, li, lu = _link_msgs(attempts)
+    names = {m["index"]: m.get_attr("IFLA_IFNAME") for m in link_msgs}
+    msgs, i, u = _dump("neigh", lambda ipr: ipr.get_neighbours(), attempts)
+    wanted = (socket.AF_INET, socket.AF_INET6) if family is None else (family,)
+    out = [
+        _neigh_record(m, names)
+        for m in msgs
+        if m["family"] in wanted and not m["state"] & 0x40 and "NDA_DST" in _attrs(m)
+    ]
+    return _result(out, li or i, max(lu, u))
+
+
+def _rule_record(msg: Any) -> Record:
+    a = _attrs(msg)
+    family = msg["family"]
+    rec: Record = {"priority": a.get("FRA_PRIORITY", 0)}
+    if msg["flags"] & 0x2:
+        rec["not"] = None
+    if "FRA_SRC" in a:
+        rec["src"] = a["FRA_SRC"]
+        if msg["src_len"] != _HOST_LEN[family]:
+            rec["srclen"] = msg["src_len"]
+    elif msg["src_len"]:
+        rec["src"] = "0"
+        rec["srclen"] = msg["src_len"]
+    else:
+        rec["src"] = "all"
+    if "FRA_DST" in a:
+        rec["dst"] = a["FRA_DST"]
+        if msg["dst_len"] != _HOST_LEN[family]:
+            rec["dstlen"] = msg["dst_len"]
+    elif msg["dst_len"]:
+        rec["dst"] = "0"
+        rec["dstlen"] = msg["dst_len"]
+    if msg["tos"]:
+        rec["tos"] = hex(msg["tos"])
+    if "FRA_FWMARK" in a or "FRA_FWMASK" in a:
+        rec["fwmark"] = hex(a.get("FRA_FWMARK", 0))
+        if a.get("FRA_FWMASK", 0xFFFFFFFF) != 0xFFFFFFFF:
+            rec["fwmask"] = hex(a["FRA_FWMASK"])
+    if "FRA_IIFNAME" in a:
+        rec["iif"] = a["FRA_IIFNAME"]
+    if "FRA_OIFNAME" in a:
+        rec["oif"] = a["FRA_OIFNAME"]
+    if "FRA_L3MDEV" in a and a["FRA_L3MDEV"]:
+        rec["l3mdev"] = None
+    table = a.get("FRA_TABLE", msg["table"])
+    if msg["action"] == 1:
+        if table:
+            rec["table"] = _table_name(table)
+        suppress = a.get("FRA_SUPPRESS_PREFIXLEN", 0xFFFFFFFF)
+        if suppress not in (0xFFFFFFFF, -1):
+            rec["suppress_prefixlen"] = suppress
+    elif msg["action"] == 2:
+        rec["action"] = "goto"
+        rec["goto"] = a.get("FRA_GOTO")
+    else:
+        rec["action"] = _FR_ACT.get(msg["action"], str(msg["action"]))
+    return rec
+
+
+def rules(family: int | None = None, attempts: int = DEFAULT_ATTEMPTS) -> Dump:
+    """Policy routing rules, IPv4 then IPv6, each like ``ip -j [-6] rule show``."""
+    out: list[Record] = []
+    interrupted, used = False, 1
+    for fam in (socket.AF_INET, socket.AF_INET6) if family is None else (family,):
+        msgs, i, u = _dump("rule", lambda ipr, fam=fam: ipr.get_rules(family=fam), attempts)
+        interrupted, used = interrupted or i, max(used, u)
+        out.extend(_rule_record(m) for m in msgs)
+    return _result(out, interrupted, used)
+
+
+# ---------------------------------------------------------------------------
+# sysctl and snapshots
+
+
+def sysctl(name: str) -> str:
+    """Read ``/proc/sys/<name>`` as the worker sees it (net.* values are per namespace).
+
+    *name* may use dots (``net.ipv4.ip_forward``) or slashes.
+    """
+    rel = name.replace(".", "/") if "/" not in name else name
+    parts = [p for p in rel.split("/") if p]
+    if not parts or any(p in (".", "..") for p in parts):
+        raise ValueError(f"invalid sysctl name: {name!r}")
+    with open(os.path.join("/proc/sys", *parts)) as f:
+        return f.read().strip()
+
+
+SECTIONS: dict[str, Callable[..., Dump]] = {
+    "links": links,
+    "addresses": addresses,
+    "routes": routes,
+    "neighbours": neighbours,
+    "rules": rules,
+}
+
+
+def snapshot(what: Sequence[str] = ("links", "addresses", "routes"), attempts: int = DEFAULT_ATTEMPTS) -> Record:
+    """Several sections at once: ``{"links": [...], "addresses": [...], ..., "inconsistent": [...]}``.
+
+    *what* names sections of :data:`SECTIONS`; ``"inconsistent"`` lists those
+    whose dump stayed interrupted after *attempts*.
+    """
+    unknown = [w for w in what if w not in SECTIONS]
+    if unknown:
+        raise ValueError(f"unknown section(s) {unknown}; choose from {sorted(SECTIONS)}")
+    out: Record = {}
+    inconsistent = []
+    for section in what:
+        result = SECTIONS[section](attempts=attempts)
+        out[section] = list(result)
+        if result.interrupted:
+            inconsistent.append(section)
+    out["inconsistent"] = inconsistent
+    return out
