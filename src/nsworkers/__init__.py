@@ -13,6 +13,8 @@ Importing this package is cheap: pyroute2, psutil and dill load only when used.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from ._namespace import SO_MARK as SO_MARK
 from ._namespace import Namespace as Namespace
 from ._namespace import NamespaceType as NamespaceType
@@ -43,7 +45,35 @@ from .errors import WorkerStartError as WorkerStartError
 from .errors import WorkerStateError as WorkerStateError
 from .errors import WorkerTimeoutError as WorkerTimeoutError
 
+if TYPE_CHECKING:
+    from . import netlink as netlink
+    from . import netns as netns
+    from ._inspect import inspect as inspect
+    from ._inspect import network_namespaces as network_namespaces
+
 __version__ = "0.1.0"
+
+_LAZY = {
+    "inspect": ("._inspect", "inspect"),
+    "network_namespaces": ("._inspect", "network_namespaces"),
+    "netlink": (".netlink", None),
+    "netns": (".netns", None),
+    "cli": (".cli", None),
+}
+
+
+def __getattr__(name: str) -> object:
+    # Submodules and helpers that pull in pyroute2 load on first use, keeping `import nsworkers` cheap.
+    if name not in _LAZY:
+        raise AttributeError(f"module 'nsworkers' has no attribute {name!r}")
+    import importlib
+
+    module_name, attr = _LAZY[name]
+    module = importlib.import_module(module_name, __name__)
+    value = module if attr is None else getattr(module, attr)
+    globals()[name] = value
+    return value
+
 
 __all__ = (
     "SO_MARK",
@@ -74,5 +104,9 @@ __all__ = (
     "WorkerStateError",
     "WorkerTimeoutError",
     "default_pool",
+    "inspect",
+    "netlink",
+    "netns",
+    "network_namespaces",
     "run",
 )

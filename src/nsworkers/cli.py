@@ -10,15 +10,23 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from typing import Any, TextIO
 
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
+EXIT_OK = 0  # every namespace inspected
+EXIT_FAILED = 1  # some namespaces failed (their entries say why); the rest was printed
+EXIT_USAGE = 2  # bad command line
+EXIT_ERROR = 3  # nothing could be done (no permission, no namespace at all ...)
 
 _EPILOG = """\
 examples:
-  nsworkers ls                     named network namespaces (like `ip netns list`)
-  nsworkers ls --json              the same as JSON
+  nsworkers demo                           build a throwaway topology, inspect it, remove it
+  nsworkers inspect                        links, addresses, routes of every network namespace
+  nsworkers inspect blue red --what links,neighbours --format jsonl
+  nsworkers inspect /proc/1234/ns/net --format table
+  nsworkers ls --json                      named network namespaces as JSON
+
+exit codes: 0 all namespaces ok, 1 some failed (their entries carry the
+error), 2 bad command line, 3 nothing could be done.
 """
 
 
@@ -53,6 +61,98 @@ def _cmd_ls(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _target(arg: str) -> str:
+    """A namespace argument: a path if it has a slash, else a name in /run/netns."""
+    if "/" in arg:
+        return arg
+    from ._namespace import check_netns_name
+
+    try:
+        check_netns_name(arg)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    from .netns import path_of
+
+    return path_of(arg)
+
+
+def _sections(arg: str) -> list[str]:
+    from .netlink import SECTIONS
+
+    names = [w.strip() for w in arg.split(",") if w.strip()]
+    unknown = [w for w in names if w not in SECTIONS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown section(s) {unknown}; choose from {','.join(SECTIONS)}")
+    return names
+
+
+def _table(entries: list[dict[str, Any]], out: TextIO) -> None:
+    rows = [("NAMESPACE", "IFNAME", "STATE", "MTU", "ADDRESSES")]
+    for entry in entries:
+        ns = entry.get("name") or entry["namespace"]
+        if not entry["ok"]:
+            rows.append((ns, "-", "ERROR", "-", f"{entry['error']['type']}: {entry['error']['message']}"))
+            continue
+        links = entry.get("addresses") or entry.get("links") or []
+        for link in links:
+            addrs = ",".join(
+                f"{a['local']}/{a['prefixlen']}" for a in link.get("addr_info", []) if a.get("scope") != "link"
+            )
+            rows.append((ns, link["ifname"], link.get("operstate", "?"), str(link.get("mtu", "")), addrs or "-"))
+        for route in entry.get("routes", []):
+            if route.get("table") is None and route.get("gateway"):
+                rows.append((ns, route.get("dev", "-"), "route", "", f"{route['dst']} via {route['gateway']}"))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    for row in rows:
+        out.write("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:4])) + "  " + row[4] + "\n")
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from ._inspect import inspect, network_namespaces
+
+    targets = args.namespaces if args.namespaces and not args.all else network_namespaces()
+    if not targets:
+        print("nsworkers: no network namespace found", file=sys.stderr)
+        return EXIT_ERROR
+    progress = None
+    if sys.stderr.isatty():
+        from tqdm import tqdm
+
+        progress = tqdm(total=len(targets), unit="ns", file=sys.stderr, leave=False)
+    entries: list[dict[str, Any]] = []
+    failed = 0
+    try:
+        for entry in inspect(targets, what=args.what, jobs=args.jobs, timeout=args.timeout):
+            failed += not entry["ok"]
+            if not entry["ok"]:
+                print(f"nsworkers: {entry['namespace']}: {entry['error']['message']}", file=sys.stderr)
+            if args.format == "jsonl":
+                sys.stdout.write(json.dumps(entry) + "\n")
+                sys.stdout.flush()
+            else:
+                entries.append(entry)
+            if progress is not None:
+                progress.update()
+    finally:
+        if progress is not None:
+            progress.close()
+    if args.format == "json":
+        json.dump(entries, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    elif args.format == "table":
+        entries.sort(key=lambda e: e["namespace"])
+        _table(entries, sys.stdout)
+    if failed == len(targets):
+        return EXIT_ERROR if failed else EXIT_OK
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from ._demo import demo
+
+    return demo(sys.stdout)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -69,6 +169,33 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ls.add_argument("--json", action="store_true", help="print JSON instead of a table")
     ls.set_defaults(func=_cmd_ls)
+
+    ins = sub.add_parser(
+        "inspect",
+        help="links, addresses, routes ... of many network namespaces, as JSON or a table",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ins.add_argument("namespaces", nargs="*", type=_target, metavar="NS", help="a name in /run/netns or a path")
+    ins.add_argument("--all", action="store_true", help="every network namespace on the host (the default)")
+    ins.add_argument(
+        "--what",
+        type=_sections,
+        default=["links", "addresses", "routes"],
+        help="comma-separated sections: links,addresses,routes,neighbours,rules (default: links,addresses,routes)",
+    )
+    ins.add_argument("--format", choices=("json", "jsonl", "table"), default="json", help="output format")
+    ins.add_argument("--jobs", type=int, default=None, help="namespaces in flight at once (default: 2 x CPUs)")
+    ins.add_argument("--timeout", type=float, default=30.0, help="seconds per namespace (default: 30)")
+    ins.set_defaults(func=_cmd_inspect)
+
+    demo = sub.add_parser(
+        "demo",
+        help="build a throwaway topology, inspect it, print the table, remove it",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    demo.set_defaults(func=_cmd_demo)
     return parser
 
 
@@ -79,12 +206,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_USAGE
+    from .errors import NsWorkersError
+
     try:
         return int(args.func(args))
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
         return EXIT_OK
+    except (NsWorkersError, OSError) as exc:
+        print(f"nsworkers: {exc}", file=sys.stderr)
+        return EXIT_ERROR
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -17,6 +17,7 @@ is logged, and :func:`snapshot` lists it under ``"inconsistent"``.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import socket
@@ -221,7 +222,15 @@ _RTN = [
     "nat",
     "xresolve",
 ]
-_RTNH_F = [(1, "dead"), (2, "pervasive"), (4, "onlink"), (8, "offload"), (16, "linkdown"), (32, "unresolved"), (64, "trap")]
+_RTNH_F = [
+    (1, "dead"),
+    (2, "pervasive"),
+    (4, "onlink"),
+    (8, "offload"),
+    (16, "linkdown"),
+    (32, "unresolved"),
+    (64, "trap"),
+]
 _NUD = [
     (0x01, "INCOMPLETE"),
     (0x02, "REACHABLE"),
@@ -244,14 +253,14 @@ _IFA_F = [  # (IFA_F_* bit, key), in the order ip -j prints them before "dynamic
 _IFA_F_LATE = [(0x08, "dadfailed"), (0x04, "optimistic"), (0x800, "stable-privacy")]
 _FAMILY = {socket.AF_INET: "inet", socket.AF_INET6: "inet6"}
 _FR_ACT = {2: "goto", 3: "nop", 6: "blackhole", 7: "unreachable", 8: "prohibit"}
-_HOST_LEN = {socket.AF_INET: 32, socket.AF_INET6: 128}
+_HOST_LEN: dict[int, int] = {socket.AF_INET: 32, socket.AF_INET6: 128}
 
 
 def _table_name(table: int) -> str:
     return _TABLES.get(table, str(table))
 
 
-def _link_flags(flags: int) -> list[str]:
+def _link_flags(flags: int, master_down: bool = False) -> list[str]:
     out = []
     if flags & _IFF_UP and not flags & _IFF_RUNNING:
         out.append("NO-CARRIER")
@@ -262,6 +271,8 @@ def _link_flags(flags: int) -> list[str]:
             flags &= ~bit
     if flags:
         out.append(f"{flags:x}")
+    if master_down:
+        out.append("M-DOWN")
     return out
 
 
@@ -273,10 +284,11 @@ def _attrs(msg: Any) -> dict[str, Any]:
 # links and addresses
 
 
-def _link_record(msg: Any, names: dict[int, str], with_linkmode: bool) -> Record:
+def _link_record(msg: Any, names: dict[int, str], flags: dict[int, int], with_linkmode: bool) -> Record:
     a = _attrs(msg)
     rec: Record = {"ifindex": msg["index"]}
     iflink = a.get("IFLA_LINK")
+    master_down = False
     if iflink is not None and iflink != msg["index"]:
         if iflink == 0:
             rec["link"] = None
@@ -284,8 +296,9 @@ def _link_record(msg: Any, names: dict[int, str], with_linkmode: bool) -> Record
             rec["link_index"] = iflink
         else:
             rec["link"] = names.get(iflink, f"if{iflink}")
+            master_down = not flags.get(iflink, 0) & _IFF_UP  # iproute2's "M-DOWN": the lower link is down
     rec["ifname"] = a.get("IFLA_IFNAME")
-    rec["flags"] = _link_flags(msg["flags"])
+    rec["flags"] = _link_flags(msg["flags"], master_down)
     rec["mtu"] = a.get("IFLA_MTU")
     if "IFLA_QDISC" in a:
         rec["qdisc"] = a["IFLA_QDISC"]
@@ -320,8 +333,12 @@ def _link_msgs(attempts: int) -> tuple[list[Any], bool, int]:
 def links(attempts: int = DEFAULT_ATTEMPTS) -> Dump:
     """Every interface, like ``ip -j link show``."""
     msgs, interrupted, used = _link_msgs(attempts)
-    names = {m["index"]: m.get_attr("IFLA_IFNAME") for m in msgs}
-    return _result([_link_record(m, names, True) for m in msgs], interrupted, used)
+    names, flags = _link_maps(msgs)
+    return _result([_link_record(m, names, flags, True) for m in msgs], interrupted, used)
+
+
+def _link_maps(msgs: list[Any]) -> tuple[dict[int, str], dict[int, int]]:
+    return {m["index"]: m.get_attr("IFLA_IFNAME") for m in msgs}, {m["index"]: m["flags"] for m in msgs}
 
 
 def _addr_record(msg: Any) -> Record:
@@ -363,13 +380,13 @@ def addresses(attempts: int = DEFAULT_ATTEMPTS) -> Dump:
     """Interfaces with their addresses, like ``ip -j addr show`` (``addr_info`` per interface)."""
     link_msgs, li, lu = _link_msgs(attempts)
     addr_msgs, ai, au = _dump("addr", lambda ipr: ipr.get_addr(), attempts)
-    names = {m["index"]: m.get_attr("IFLA_IFNAME") for m in link_msgs}
+    names, flags = _link_maps(link_msgs)
     by_link: dict[int, list[Record]] = {}
     for msg in addr_msgs:
         by_link.setdefault(msg["index"], []).append(_addr_record(msg))
     out = []
     for msg in link_msgs:
-        rec = _link_record(msg, names, False)
+        rec = _link_record(msg, names, flags, False)
         rec["addr_info"] = by_link.get(msg["index"], [])
         out.append(rec)
     return _result(out, li or ai, max(lu, au))
@@ -383,6 +400,14 @@ def _prefix(addr: str | None, length: int, family: int) -> str:
     if addr is None:
         return "default" if length == 0 else f"0/{length}"
     return addr if length == _HOST_LEN.get(family, -1) else f"{addr}/{length}"
+
+
+def _route_dump(ipr: Any, family: int) -> Iterable[Any]:
+    return ipr.route("dump", family=family)  # type: ignore[no-any-return]
+
+
+def _rule_dump(ipr: Any, family: int) -> Iterable[Any]:
+    return ipr.get_rules(family=family)  # type: ignore[no-any-return]
 
 
 def _route_record(msg: Any, names: dict[int, str]) -> Record:
@@ -413,11 +438,14 @@ def _route_record(msg: Any, names: dict[int, str]) -> Record:
         rec["metric"] = a["RTA_PRIORITY"]
     rec["flags"] = [name for bit, name in _RTNH_F if msg["flags"] & bit]
     metrics = a.get("RTA_METRICS")
-    if metrics:
+    if metrics and metrics.get("attrs"):
+        values = {}
         for name, value in metrics["attrs"]:
             key = name.replace("RTAX_", "").lower()
-            if key in ("mtu", "window", "rtt", "hoplimit", "advmss", "reordering", "initcwnd", "initrwnd", "quickack"):
-                rec[key] = value
+            if key != "lock":
+                values[key] = value
+        if values:
+            rec["metrics"] = [values]
     if "RTA_MULTIPATH" in a:
         hops = []
         for hop in a["RTA_MULTIPATH"]:
@@ -446,7 +474,7 @@ def routes(family: int | None = None, attempts: int = DEFAULT_ATTEMPTS) -> Dump:
     out: list[Record] = []
     interrupted, used = li, lu
     for fam in (socket.AF_INET, socket.AF_INET6) if family is None else (family,):
-        msgs, i, u = _dump("route", lambda ipr, fam=fam: ipr.route("dump", family=fam), attempts)
+        msgs, i, u = _dump("route", functools.partial(_route_dump, family=fam), attempts)
         interrupted, used = interrupted or i, max(used, u)
         out.extend(_route_record(m, names) for m in msgs if not m["flags"] & 0x200)
     return _result(out, interrupted, used)
@@ -460,7 +488,7 @@ def _neigh_record(msg: Any, names: dict[int, str]) -> Record:
         rec["lladdr"] = a["NDA_LLADDR"]
     flags = msg["flags"]
     if flags & 0x80:
-        rec["router"] = True
+        rec["router"] = None
     if flags & 0x08:
         rec["proxy"] = None
     if flags & 0x10:
@@ -518,7 +546,7 @@ def _rule_record(msg: Any) -> Record:
         rec["iif"] = a["FRA_IIFNAME"]
     if "FRA_OIFNAME" in a:
         rec["oif"] = a["FRA_OIFNAME"]
-    if "FRA_L3MDEV" in a and a["FRA_L3MDEV"]:
+    if a.get("FRA_L3MDEV"):
         rec["l3mdev"] = None
     table = a.get("FRA_TABLE", msg["table"])
     if msg["action"] == 1:
@@ -540,7 +568,7 @@ def rules(family: int | None = None, attempts: int = DEFAULT_ATTEMPTS) -> Dump:
     out: list[Record] = []
     interrupted, used = False, 1
     for fam in (socket.AF_INET, socket.AF_INET6) if family is None else (family,):
-        msgs, i, u = _dump("rule", lambda ipr, fam=fam: ipr.get_rules(family=fam), attempts)
+        msgs, i, u = _dump("rule", functools.partial(_rule_dump, family=fam), attempts)
         interrupted, used = interrupted or i, max(used, u)
         out.extend(_rule_record(m) for m in msgs)
     return _result(out, interrupted, used)
@@ -573,15 +601,16 @@ SECTIONS: dict[str, Callable[..., Dump]] = {
 
 
 def snapshot(what: Sequence[str] = ("links", "addresses", "routes"), attempts: int = DEFAULT_ATTEMPTS) -> Record:
-    """Several sections at once: ``{"links": [...], "addresses": [...], ..., "inconsistent": [...]}``.
+    """Several sections at once: ``{"id": "net:[...]", "links": [...], ..., "inconsistent": [...]}``.
 
-    *what* names sections of :data:`SECTIONS`; ``"inconsistent"`` lists those
-    whose dump stayed interrupted after *attempts*.
+    *what* names sections of :data:`SECTIONS`; ``"id"`` is the namespace the
+    worker is in; ``"inconsistent"`` lists the sections whose dump stayed
+    interrupted after *attempts*.
     """
     unknown = [w for w in what if w not in SECTIONS]
     if unknown:
         raise ValueError(f"unknown section(s) {unknown}; choose from {sorted(SECTIONS)}")
-    out: Record = {}
+    out: Record = {"id": os.readlink("/proc/thread-self/ns/net")}
     inconsistent = []
     for section in what:
         result = SECTIONS[section](attempts=attempts)

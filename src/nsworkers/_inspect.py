@@ -1,0 +1,126 @@
+"""Batch inspection: a netlink snapshot of many network namespaces, in parallel.
+
+    for entry in nsworkers.inspect(what=("links", "addresses", "routes")):
+        print(entry["namespace"], entry["ok"], len(entry.get("links", [])))
+
+Each namespace becomes one entry, yielded as soon as its worker answers::
+
+    {"namespace": "/run/netns/blue", "name": "blue", "id": "net:[4026532301]",
+     "ok": true, "links": [...], "addresses": [...], "routes": [...], "inconsistent": []}
+    {"namespace": "/run/netns/gone", "name": "gone", "ok": false,
+     "error": {"type": "NamespaceNotFoundError", "message": "..."}}
+
+A namespace that fails or vanishes mid-batch is an error entry; the batch goes on.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+from ._namespace import NETNS_RUN_DIRS, Namespace, nsfs_dev
+from ._pool import Pool
+
+__all__ = ("inspect", "network_namespaces")
+
+Entry = dict[str, Any]
+
+
+def network_namespaces() -> list[str]:
+    """Paths that reach every network namespace on the host, one per namespace.
+
+    Named namespaces (``/run/netns``) first, then those only processes hold
+    (``/proc/PID/ns/net``), deduplicated by inode. Full host-wide discovery,
+    bind mounts and fds included, is :func:`nsworkers.discover`'s job.
+    """
+    seen: set[int] = set()
+    paths: list[str] = []
+    dev = nsfs_dev()
+
+    def add(path: str) -> None:
+        try:
+            st = os.stat(path)
+        except OSError:
+            return  # gone, or not ours to see
+        if st.st_dev == dev and st.st_ino not in seen:
+            seen.add(st.st_ino)
+            paths.append(path)
+
+    for base in NETNS_RUN_DIRS:
+        try:
+            names = sorted(os.listdir(base))
+        except OSError:
+            continue
+        for name in names:
+            add(f"{base}/{name}")
+    for pid in sorted((int(p) for p in os.listdir("/proc") if p.isdigit()), key=int):
+        add(f"/proc/{pid}/ns/net")
+    return paths
+
+
+def _name_of(path: str) -> str | None:
+    for base in NETNS_RUN_DIRS:
+        if path.startswith(base + "/"):
+            return path[len(base) + 1 :]
+    return None
+
+
+def _label(target: object) -> str:
+    if isinstance(target, Namespace):
+        return target.path
+    return os.fspath(target) if isinstance(target, (str, os.PathLike)) else repr(target)
+
+
+def inspect(
+    namespaces: Iterable[str | os.PathLike[str] | Namespace] | None = None,
+    what: Sequence[str] = ("links", "addresses", "routes"),
+    pool: Pool | None = None,
+    *,
+    jobs: int | None = None,
+    timeout: float | None = 30.0,
+    attempts: int = 5,
+) -> Iterator[Entry]:
+    """Snapshot each namespace (every network namespace on the host by default); yield entries as they complete.
+
+    *what* names sections of :data:`nsworkers.netlink.SECTIONS`. Without a
+    *pool*, one is made for the batch (``jobs`` workers at a time, default
+    twice the CPUs, with pyroute2 preloaded) and shut down at the end. Memory
+    stays bounded however many namespaces there are: at most ``2 * jobs``
+    calls are queued and the pool's ``max_workers`` caps live workers.
+    """
+    from . import netlink
+
+    sections = tuple(what)
+    unknown = [w for w in sections if w not in netlink.SECTIONS]
+    if unknown:
+        raise ValueError(f"unknown section(s) {unknown}; choose from {sorted(netlink.SECTIONS)}")
+    targets = network_namespaces() if namespaces is None else list(namespaces)
+    own = pool is None
+    if pool is None:
+        pool = Pool(
+            max_workers=jobs or 2 * (os.cpu_count() or 1),
+            idle_timeout=None,
+            preload=("pyroute2", "nsworkers.netlink"),
+        )
+    runner = pool.options(timeout=timeout)
+    try:
+        results = runner.map(
+            netlink.snapshot,
+            targets,
+            kwargs={"what": sections, "attempts": attempts},
+            return_exceptions=True,
+        )
+        for target, result in results:
+            label = _label(target)
+            entry: Entry = {"namespace": label, "name": _name_of(label)}
+            if isinstance(result, BaseException):
+                entry["ok"] = False
+                entry["error"] = {"type": type(result).__name__, "message": str(result)}
+            else:
+                entry["ok"] = True
+                entry.update(result)
+            yield entry
+    finally:
+        if own:
+            pool.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,136 @@
+"""Batch inspection and the command line."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+
+import pytest
+
+import nsworkers
+
+from .conftest import ip, run_python
+
+pytestmark = pytest.mark.privileged
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    src = os.path.dirname(os.path.dirname(os.path.abspath(nsworkers.__file__)))
+    return subprocess.run(
+        [sys.executable, "-m", "nsworkers", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env=dict(os.environ, PYTHONPATH=src),
+    )
+
+
+def test_inspect_given_namespaces(make_netns: Callable[[], str]) -> None:
+    names = [make_netns() for _ in range(3)]
+    ip("-n", names[0], "link", "add", "ifb3", "type", "ifb")
+    entries = {e["name"]: e for e in nsworkers.inspect([f"/run/netns/{n}" for n in names])}
+    assert set(entries) == set(names)
+    assert all(e["ok"] and e["inconsistent"] == [] for e in entries.values())
+    assert {link["ifname"] for link in entries[names[0]]["links"]} == {"lo", "ifb3"}
+    assert "addr_info" in entries[names[1]]["addresses"][0]
+    with nsworkers.Namespace.from_name(names[2]) as ns:
+        assert entries[names[2]]["id"] == ns.unique_id
+
+
+def test_inspect_all_finds_named_and_process_namespaces(make_netns: Callable[[], str]) -> None:
+    name = make_netns()
+    holder = subprocess.Popen(["unshare", "-n", "sleep", "60"])
+    try:
+        target = f"/proc/{holder.pid}/ns/net"
+        import time
+
+        deadline = time.monotonic() + 5
+        while os.readlink(target) == os.readlink("/proc/self/ns/net") and time.monotonic() < deadline:
+            time.sleep(0.01)
+        found = nsworkers.network_namespaces()
+        assert f"/run/netns/{name}" in found
+        assert os.stat(target).st_ino in {os.stat(p).st_ino for p in found if os.path.exists(p)}
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_namespace_vanishing_mid_batch(make_netns: Callable[[], str]) -> None:
+    names = [make_netns() for _ in range(4)]
+    victim = names[2]
+
+    def targets() -> Iterator[str]:
+        for name in names:
+            if name == victim:
+                ip("netns", "del", victim)
+            yield f"/run/netns/{name}"
+
+    entries = {e["name"]: e for e in nsworkers.inspect(targets(), what=("links",))}
+    assert entries[victim]["ok"] is False
+    assert entries[victim]["error"]["type"] == "NamespaceNotFoundError"
+    assert all(entries[n]["ok"] for n in names if n != victim)
+
+
+def test_cli_formats_and_exit_codes(make_netns: Callable[[], str]) -> None:
+    a, b = make_netns(), make_netns()
+    done = cli("inspect", a, f"/run/netns/{b}", "--what", "links,rules")
+    assert done.returncode == 0, done.stderr
+    entries = json.loads(done.stdout)
+    assert {e["name"] for e in entries} == {a, b}
+    assert set(entries[0]) >= {"links", "rules", "inconsistent", "id", "ok"}
+
+    done = cli("inspect", a, b, "--format", "jsonl")
+    assert done.returncode == 0
+    assert len(done.stdout.splitlines()) == 2
+
+    done = cli("inspect", a, "--format", "table")
+    assert done.returncode == 0
+    assert a in done.stdout and "lo" in done.stdout
+
+    done = cli("inspect", a, "nsw-no-such-namespace")
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert {e["ok"] for e in json.loads(done.stdout)} == {True, False}
+
+
+@pytest.mark.parametrize("bad", [["inspect", ".."], ["inspect", "--what", "bogus"], ["inspect", "--format", "xml"]])
+def test_cli_usage_errors(bad: list[str]) -> None:
+    done = cli(*bad)
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr
+
+
+def test_cli_all_namespaces_fail(make_netns: Callable[[], str]) -> None:
+    done = cli("inspect", "/run/netns/nsw-missing-1")
+    assert done.returncode == 3
+    assert "Traceback" not in done.stderr
+
+
+def test_cli_help_is_cheap() -> None:
+    done = run_python(
+        "import sys\nfrom nsworkers.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+        "print('LOADED', sorted(m for m in ('pyroute2', 'psutil', 'dill') if m in sys.modules))"
+    )
+    assert "nsworkers demo" in done.stdout
+    assert "LOADED []" in done.stdout
+
+
+def test_demo_leaves_nothing() -> None:
+    before = set(os.listdir("/run/netns")) if os.path.isdir("/run/netns") else set()
+    done = cli("demo")
+    assert done.returncode == 0, done.stderr
+    assert "10.77.0.1/24" in done.stdout and "br0" in done.stdout
+    after = set(os.listdir("/run/netns")) if os.path.isdir("/run/netns") else set()
+    assert after <= before
+
+
+def test_ls(make_netns: Callable[[], str]) -> None:
+    name = make_netns()
+    done = cli("ls", "--json")
+    assert done.returncode == 0
+    assert name in {row["name"] for row in json.loads(done.stdout)}

@@ -1,0 +1,157 @@
+"""nsworkers.netlink against iproute2 itself: same records, field by field."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+import nsworkers
+from nsworkers import Pool, netlink
+
+from .conftest import ip
+
+pytestmark = pytest.mark.privileged
+
+
+@pytest.fixture(scope="module")
+def npool() -> Iterator[Pool]:
+    with Pool(preload=("pyroute2",)) as pool:
+        yield pool
+
+
+@pytest.fixture
+def topology(make_netns: Callable[[], str]) -> str:
+    """veth, bridge, ifb and macvlan links, IPv4+IPv6 addresses, routes in 3 tables, neighbours, rules."""
+    ns = make_netns()
+
+    def nsip(*args: str) -> None:
+        ip("-n", ns, *args)
+
+    nsip("link", "add", "br0", "type", "bridge")
+    nsip("link", "add", "v0", "type", "veth", "peer", "name", "v1")
+    nsip("link", "set", "v1", "master", "br0")
+    nsip("link", "add", "ifb7", "type", "ifb")
+    nsip("link", "add", "mv0", "link", "v0", "type", "macvlan", "mode", "bridge")
+    nsip("link", "add", "down0", "type", "veth", "peer", "name", "down1")  # left down: NO-CARRIER etc.
+    for link in ("br0", "v0", "v1", "ifb7", "mv0", "down0"):
+        nsip("link", "set", link, "up")
+    nsip("link", "set", "mv0", "mtu", "1400")
+    nsip("addr", "add", "10.9.0.1/24", "brd", "+", "dev", "br0")
+    nsip("addr", "add", "10.9.0.7/24", "dev", "br0")  # secondary
+    nsip("addr", "add", "fd00:9::1/64", "dev", "br0", "nodad")
+    nsip("addr", "add", "192.0.2.1/32", "peer", "192.0.2.2", "dev", "v0")
+    nsip("addr", "add", "10.10.0.1/16", "dev", "mv0", "label", "mv0:x")
+    nsip("route", "add", "10.99.0.0/16", "via", "10.9.0.2")
+    nsip("route", "add", "10.98.0.0/16", "via", "10.9.0.3", "table", "100")
+    nsip("route", "add", "10.97.0.0/16", "via", "10.9.0.4", "table", "200", "metric", "7", "proto", "static")
+    nsip("route", "add", "blackhole", "10.96.0.0/16")
+    nsip("route", "add", "10.95.0.0/16", "dev", "br0", "mtu", "1300", "scope", "link")
+    nsip("-6", "route", "add", "fd00:99::/64", "via", "fd00:9::2")
+    nsip("-6", "route", "add", "fd00:98::/64", "via", "fd00:9::3", "table", "100")
+    nsip("neigh", "add", "10.9.0.2", "lladdr", "02:00:00:00:00:02", "dev", "br0")
+    nsip("neigh", "add", "10.9.0.3", "lladdr", "02:00:00:00:00:03", "dev", "br0", "nud", "stale")
+    nsip("-6", "neigh", "add", "fd00:9::2", "lladdr", "02:00:00:00:00:04", "dev", "br0", "router")
+    nsip("rule", "add", "from", "10.9.0.0/24", "table", "100", "pref", "100")
+    nsip("rule", "add", "to", "10.98.0.0/16", "fwmark", "0x10/0xff", "table", "200", "pref", "101")
+    nsip("rule", "add", "iif", "br0", "blackhole", "pref", "102")
+    nsip("-6", "rule", "add", "from", "fd00:9::/64", "table", "100", "pref", "100")
+    return ns
+
+
+def ip_json(ns: str, *args: str) -> list[dict[str, Any]]:
+    out = subprocess.run(["ip", "-n", ns, "-j", *args], capture_output=True, text=True, check=True).stdout
+    return json.loads(out) if out.strip() else []
+
+
+CASES: list[tuple[str, Callable[..., Any], tuple[Any, ...], tuple[str, ...]]] = [
+    ("link", netlink.links, (), ("link", "show")),
+    ("addr", netlink.addresses, (), ("addr", "show")),
+    ("route", netlink.routes, (), ("route", "show", "table", "all")),
+    ("route4", netlink.routes, (socket.AF_INET,), ("-4", "route", "show", "table", "all")),
+    ("neigh", netlink.neighbours, (), ("neigh", "show")),
+    ("rule4", netlink.rules, (socket.AF_INET,), ("rule", "show")),
+    ("rule6", netlink.rules, (socket.AF_INET6,), ("-6", "rule", "show")),
+]
+
+
+@pytest.mark.parametrize(("name", "fn", "args", "ip_args"), CASES, ids=[c[0] for c in CASES])
+def test_same_as_ip_json(
+    npool: Pool, topology: str, name: str, fn: Callable[..., Any], args: tuple[Any, ...], ip_args: tuple[str, ...]
+) -> None:
+    ours = npool.run(f"/run/netns/{topology}", fn, *args)
+    theirs = ip_json(topology, *ip_args)
+    assert len(ours) == len(theirs), (ours, theirs)
+    for mine, reference in zip(ours, theirs, strict=True):
+        assert mine == reference
+    assert len(theirs) > 2  # the topology really has something to compare
+
+
+def test_rules_both_families(npool: Pool, topology: str) -> None:
+    both = npool.run(f"/run/netns/{topology}", netlink.rules)
+    assert both == ip_json(topology, "rule", "show") + ip_json(topology, "-6", "rule", "show")
+
+
+def test_sysctl_is_per_namespace(npool: Pool, make_netns: Callable[[], str]) -> None:
+    ns = make_netns()
+    ip("netns", "exec", ns, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+    assert npool.run(f"/run/netns/{ns}", netlink.sysctl, "net.ipv4.ip_forward") == "1"
+    assert npool.run(f"/run/netns/{ns}", netlink.sysctl, "net/ipv4/conf/lo/forwarding") == "1"
+    other = make_netns()
+    assert npool.run(f"/run/netns/{other}", netlink.sysctl, "net.ipv4.ip_forward") == "0"
+    with pytest.raises(ValueError):
+        npool.run(f"/run/netns/{ns}", netlink.sysctl, "net/../../etc/passwd")
+    with pytest.raises(FileNotFoundError):
+        npool.run(f"/run/netns/{ns}", netlink.sysctl, "net.ipv4.no_such_knob")
+
+
+def test_snapshot(npool: Pool, topology: str) -> None:
+    snap = npool.run(f"/run/netns/{topology}", netlink.snapshot, ("links", "routes", "neighbours", "rules"))
+    assert set(snap) == {"id", "links", "routes", "neighbours", "rules", "inconsistent"}
+    assert snap["inconsistent"] == []
+    with nsworkers.Namespace.open(f"/run/netns/{topology}") as ns:
+        assert snap["id"] == ns.unique_id
+    json.dumps(snap)  # JSON-ready
+    with pytest.raises(ValueError):
+        npool.run(f"/run/netns/{topology}", netlink.snapshot, ("bogus",))
+
+
+def churn_links(ns: str, stop: threading.Event) -> None:
+    while not stop.is_set():
+        subprocess.run(["ip", "-n", ns, "link", "add", "churn0", "type", "ifb"], check=False, capture_output=True)
+        subprocess.run(["ip", "-n", ns, "link", "del", "churn0"], check=False, capture_output=True)
+
+
+def test_interrupted_dumps_are_flagged_not_raised(npool: Pool, make_netns: Callable[[], str]) -> None:
+    ns = make_netns()
+    batch = "\n".join(f"link add ifb{i} type ifb" for i in range(300))
+    subprocess.run(["ip", "-n", ns, "-batch", "-"], input=batch, text=True, check=True)
+    path = f"/run/netns/{ns}"
+
+    def dump_many() -> tuple[int, int]:
+        flagged = total = 0
+        for _ in range(40):
+            result = netlink.links(attempts=1)
+            total += 1
+            flagged += result.interrupted
+        return flagged, total
+
+    stop = threading.Event()
+    churners = [threading.Thread(target=churn_links, args=(ns, stop)) for _ in range(2)]
+    for t in churners:
+        t.start()
+    try:
+        flagged, _total = npool.run(path, dump_many)
+        retried = npool.run(path, netlink.snapshot, ("links",), 5)
+    finally:
+        stop.set()
+        for t in churners:
+            t.join()
+    assert flagged > 0, "the churn never interrupted a dump: the test proves nothing"
+    assert isinstance(retried["inconsistent"], list)
+    assert npool.run(path, netlink.links, 1).interrupted is False  # quiet again
