@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import threading
@@ -155,3 +156,62 @@ def test_interrupted_dumps_are_flagged_not_raised(npool: Pool, make_netns: Calla
     assert flagged > 0, "the churn never interrupted a dump: the test proves nothing"
     assert isinstance(retried["inconsistent"], list)
     assert npool.run(path, netlink.links, 1).interrupted is False  # quiet again
+
+
+def add_conntrack_entry(mark: int) -> None:
+    """Runs in a worker: a TCP flow entry made through ctnetlink (no traffic needed)."""
+    from pyroute2 import Conntrack
+    from pyroute2.netlink.nfnetlink.nfctsocket import NFCTAttrTuple
+
+    orig = NFCTAttrTuple(saddr="10.9.0.1", daddr="10.9.0.2", proto=socket.IPPROTO_TCP, sport=1234, dport=80)
+    reply = NFCTAttrTuple(saddr="10.9.0.2", daddr="10.9.0.1", proto=socket.IPPROTO_TCP, sport=80, dport=1234)
+    with Conntrack() as ct:
+        ct.entry("add", tuple_orig=orig, tuple_reply=reply, timeout=300, mark=mark)
+
+
+def test_conntrack(npool: Pool, make_netns: Callable[[], str]) -> None:
+    path, other = f"/run/netns/{make_netns()}", f"/run/netns/{make_netns()}"
+    npool.run(path, add_conntrack_entry, 7)
+    (entry,) = npool.run(path, netlink.conntrack)
+    assert entry["family"] == "ipv4" and entry["protocol"] == "tcp" and entry["mark"] == 7
+    assert entry["original"] == {"src": "10.9.0.1", "dst": "10.9.0.2", "sport": 1234, "dport": 80}
+    assert entry["reply"] == {"src": "10.9.0.2", "dst": "10.9.0.1", "sport": 80, "dport": 1234}
+    assert "CONFIRMED" in entry["status"] and 0 < entry["timeout"] <= 300
+    assert npool.run(other, netlink.conntrack) == []  # per namespace
+
+
+def test_xfrm_policies_match_ip_xfrm(npool: Pool, make_netns: Callable[[], str]) -> None:
+    ns = make_netns()
+    ip("-n", ns, "xfrm", "policy", "add", "src", "10.0.0.0/24", "dst", "10.1.0.0/24", "proto", "tcp", "dport", "443",
+       "dir", "out", "priority", "5", "mark", "0x10", "tmpl", "src", "192.0.2.1", "dst", "192.0.2.2", "proto", "esp",
+       "mode", "tunnel")  # fmt: skip
+    ip("-n", ns, "xfrm", "policy", "add", "src", "fd00:1::/64", "dst", "fd00:2::/64", "dir", "in", "action", "block")
+    policies = {p["dir"]: p for p in npool.run(f"/run/netns/{ns}", netlink.xfrm_policies)}
+    text = ip("-n", ns, "xfrm", "policy")
+    out = policies["out"]
+    assert f"src {out['src']} dst {out['dst']} proto tcp dport 443" in text
+    assert out["priority"] == 5 and out["action"] == "allow" and out["mark"] == "0x10/0xffffffff"
+    (tmpl,) = out["tmpl"]
+    assert f"tmpl src {tmpl['src']} dst {tmpl['dst']}" in text
+    assert (tmpl["proto"], tmpl["mode"]) == ("esp", "tunnel")
+    blocked = policies["in"]
+    assert (blocked["src"], blocked["dst"], blocked["action"], blocked["tmpl"]) == (
+        "fd00:1::/64", "fd00:2::/64", "block", []
+    )  # fmt: skip
+    # This kernel has no xfrm algorithms, so no state can be added: the dump must still work.
+    assert npool.run(f"/run/netns/{ns}", netlink.xfrm_states) == []
+
+
+def test_socket_from_inside_a_namespace(npool: Pool, topology: str) -> None:
+    sock = npool.socket(f"/run/netns/{topology}", socket.AF_INET, socket.SOCK_DGRAM)
+    with sock:
+        sock.bind(("10.9.0.1", 0))  # an address only that namespace has
+        assert not os.get_inheritable(sock.fileno())
+        peer = npool.socket(f"/run/netns/{topology}", socket.AF_INET, socket.SOCK_DGRAM)
+        with peer:
+            peer.sendto(b"ping", sock.getsockname())
+            assert sock.recv(16) == b"ping"
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as host, pytest.raises(OSError):
+        host.bind(("10.9.0.1", 0))
+    fds = npool.run(f"/run/netns/{topology}", lambda: len(os.listdir("/proc/self/fd")))
+    assert fds <= 8  # the worker kept no copy (stdio, channel, ns dir, netlink, listdir's own)

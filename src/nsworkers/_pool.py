@@ -25,6 +25,7 @@ import atexit
 import collections
 import errno
 import os
+import socket as _socket
 import threading
 import time
 import weakref
@@ -395,6 +396,43 @@ class Pool:
         import asyncio
 
         return await asyncio.wrap_future(self._submit(target, fn, args, kwargs, self._timeout))
+
+    def socket(self, target: Target, family: int = 2, type: int = 1, proto: int = 0) -> _socket.socket:
+        """A socket created inside *target* by its worker and handed back to the caller.
+
+        The socket lives in the target's network namespace (binds, connects
+        and routes there) while the caller uses it from its own. The worker
+        creates it; the caller takes a duplicate of the fd with
+        ``pidfd_getfd(2)`` (Linux 5.6+), and the worker then closes its copy.
+        No process is forked per socket.
+        """
+        resolved = _resolve(target)
+        with self._lock:
+            if self._closing:
+                raise PoolClosedError("the pool is shut down")
+            self._inflight += 1
+        deadline = None if self._timeout is None else time.monotonic() + self._timeout
+        try:
+            worker = self._acquire(resolved, deadline, self._timeout)
+        except BaseException:
+            self._release(None, False)
+            raise
+        healthy = False
+        try:
+            make = _Call(_worker_socket, (family, type, proto), {})
+            reply = self._roundtrip(worker, make, deadline, self._timeout)
+            if reply[0] != msg.OK:
+                healthy = reply[0] != msg.TAINTED
+                self._outcome(reply, worker, make)
+            remote_fd = reply[1]
+            try:
+                fd = _pidfd_getfd(worker.pid, remote_fd)
+            finally:
+                self._roundtrip(worker, _Call(os.close, (remote_fd,), {}), deadline, self._timeout)
+            healthy = True
+        finally:
+            self._release(worker, healthy)
+        return _socket.socket(fileno=fd)
 
     def options(self, *, timeout: float | None = None) -> PoolOptions:
         """A view of this pool with per-call options, which cannot collide with the callable's keywords::
@@ -868,6 +906,30 @@ class Pool:
 
 
 _END = object()
+
+
+def _worker_socket(family: int, kind: int, proto: int) -> int:
+    """Runs in the worker: a new socket's fd, left open for the caller to duplicate."""
+    return _socket.socket(family, kind, proto).detach()
+
+
+def _pidfd_getfd(pid: int, fd: int) -> int:
+    """Duplicate *fd* of process *pid* into this process, close-on-exec."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    pidfd = os.pidfd_open(pid)
+    try:
+        new = libc.syscall(_SYS_PIDFD_GETFD, pidfd, fd, 0)  # the new fd is O_CLOEXEC
+        if new < 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"pidfd_getfd from worker {pid}: {os.strerror(err)}")
+        return int(new)
+    finally:
+        os.close(pidfd)
+
+
+_SYS_PIDFD_GETFD = 438  # the same number on every architecture (asm-generic)
 
 
 class _Notify:

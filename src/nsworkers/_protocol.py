@@ -22,11 +22,13 @@ the caller allocate without bound).
 
 from __future__ import annotations
 
+import importlib
 import io
 import os
 import pickle
 import select
 import struct
+import sys
 import time
 import types
 from typing import Any
@@ -88,14 +90,46 @@ def dumps(obj: object) -> tuple[int, bytes]:
     return DILL, dill_dumps(obj)
 
 
+_dill_pickler: Any = None
+
+
+def _get_dill_pickler() -> Any:
+    """A dill pickler that sends importable modules by name.
+
+    Plain dill sends any module outside the interpreter's prefix (a project
+    on ``PYTHONPATH``, a ``src/`` checkout) *by value*, its whole ``__dict__``
+    included, which fails on the first unpicklable global and would hand the
+    worker a stale copy. Modules the worker can import go by reference.
+    """
+    global _dill_pickler
+    if _dill_pickler is None:
+        import dill  # installed with multiprocess; imported only when needed
+
+        class Pickler(dill.Pickler):  # type: ignore[misc]
+            dispatch = dill.Pickler.dispatch.copy()
+
+        base = dill.Pickler.dispatch[types.ModuleType]
+
+        def save_module(pickler: Any, module: types.ModuleType) -> None:
+            name = module.__name__
+            if name != "__main__" and sys.modules.get(name) is module and getattr(module, "__spec__", None):
+                pickler.save_reduce(importlib.import_module, (name,), obj=module)
+            else:
+                base(pickler, module)
+
+        Pickler.dispatch[types.ModuleType] = save_module
+        _dill_pickler = Pickler
+    return _dill_pickler
+
+
 def dill_dumps(obj: object) -> bytes:
     """Serialize with dill, code by value (``recurse=True`` takes only the globals it uses)."""
-    import dill  # installed with multiprocess; imported only when needed
-
+    buf = io.BytesIO()
     try:
-        return dill.dumps(obj, protocol=5, recurse=True)  # type: ignore[no-any-return]
+        _get_dill_pickler()(buf, protocol=5, recurse=True).dump(obj)
     except Exception as exc:
         raise SerializationError(f"cannot serialize: {_describe(exc)}") from None
+    return buf.getvalue()
 
 
 def loads(codec: int, payload: bytes | bytearray | memoryview) -> Any:

@@ -21,6 +21,7 @@ import functools
 import logging
 import os
 import socket
+import struct
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -29,12 +30,15 @@ __all__ = (
     "SECTIONS",
     "Dump",
     "addresses",
+    "conntrack",
     "links",
     "neighbours",
     "routes",
     "rules",
     "snapshot",
     "sysctl",
+    "xfrm_policies",
+    "xfrm_states",
 )
 
 log = logging.getLogger("nsworkers.netlink")
@@ -575,6 +579,265 @@ def rules(family: int | None = None, attempts: int = DEFAULT_ATTEMPTS) -> Dump:
 
 
 # ---------------------------------------------------------------------------
+# conntrack
+
+_CT_PROTOS = {1: "icmp", 6: "tcp", 17: "udp", 33: "dccp", 58: "icmpv6", 132: "sctp", 136: "udplite", 47: "gre"}
+_CT_STATUS = [  # IPS_* bits, named as conntrack(8) prints them
+    (1 << 0, "EXPECTED"),
+    (1 << 1, "SEEN_REPLY"),
+    (1 << 2, "ASSURED"),
+    (1 << 3, "CONFIRMED"),
+    (1 << 4, "SRC_NAT"),
+    (1 << 5, "DST_NAT"),
+    (1 << 7, "SRC_NAT_DONE"),
+    (1 << 8, "DST_NAT_DONE"),
+    (1 << 9, "DYING"),
+    (1 << 10, "FIXED_TIMEOUT"),
+    (1 << 11, "TEMPLATE"),
+    (1 << 12, "UNTRACKED"),
+    (1 << 13, "HELPER"),
+    (1 << 14, "OFFLOAD"),
+    (1 << 15, "HW_OFFLOAD"),
+]
+_TCP_STATES = [
+    "NONE",
+    "SYN_SENT",
+    "SYN_RECV",
+    "ESTABLISHED",
+    "FIN_WAIT",
+    "CLOSE_WAIT",
+    "LAST_ACK",
+    "TIME_WAIT",
+    "CLOSE",
+    "SYN_SENT2",
+]
+
+
+def _ct_tuple(t: Any) -> Record:
+    out: Record = {"src": t.saddr, "dst": t.daddr}
+    if t.sport is not None:
+        out["sport"] = t.sport
+        out["dport"] = t.dport
+    for key in ("icmp_type", "icmp_code", "icmp_id"):
+        value = getattr(t, key, None)
+        if value is not None:
+            out[key.replace("icmp_", "")] = value
+    return out
+
+
+def conntrack(family: int | None = None) -> list[Record]:
+    """Connection tracking entries of the namespace, IPv4 then IPv6.
+
+    ``conntrack -L`` prints no JSON; each entry here is::
+
+        {"family": "ipv4", "protocol": "tcp", "state": "ESTABLISHED", "timeout": 431999,
+         "original": {"src": ..., "dst": ..., "sport": ..., "dport": ...},
+         "reply": {...}, "status": ["ASSURED", "CONFIRMED"], "mark": 0, "zone": 0, "id": ..., "use": 1}
+
+    ``state`` is present for TCP only; ICMP tuples carry ``type``/``code``/``id``
+    instead of ports. Empty until something makes the kernel track connections
+    (a ``ct`` rule, or entries added through ctnetlink).
+    """
+    from pyroute2 import Conntrack
+
+    out: list[Record] = []
+    for fam in (socket.AF_INET, socket.AF_INET6) if family is None else (family,):
+        with Conntrack(nfgen_family=fam) as ct:
+            for entry in ct.dump_entries():
+                if entry.tuple_orig.family != fam:
+                    continue
+                proto = entry.tuple_orig.proto
+                rec: Record = {
+                    "family": "ipv4" if fam == socket.AF_INET else "ipv6",
+                    "protocol": _CT_PROTOS.get(proto, str(proto)),
+                }
+                if entry.protoinfo is not None:
+                    state = entry.protoinfo.state
+                    rec["state"] = _TCP_STATES[state] if state is not None and state < len(_TCP_STATES) else state
+                rec["timeout"] = entry.timeout
+                rec["original"] = _ct_tuple(entry.tuple_orig)
+                rec["reply"] = _ct_tuple(entry.tuple_reply)
+                rec["status"] = [name for bit, name in _CT_STATUS if (entry.status or 0) & bit]
+                rec["mark"] = entry.mark or 0
+                rec["zone"] = entry.zone or 0
+                rec["id"] = entry.id
+                rec["use"] = entry.use
+                out.append(rec)
+    return out
+
+
+# ---------------------------------------------------------------------------
+# xfrm (pyroute2 has no xfrm support: a raw NETLINK_XFRM dump, parsed here)
+
+_NETLINK_XFRM = 6
+_XFRM_MSG_GETSA = 18
+_XFRM_MSG_GETPOLICY = 21
+_XFRMA_TMPL = 5
+_XFRMA_MARK = 21
+_XFRMA_IF_ID = 31
+_NLMSG_ERROR, _NLMSG_DONE = 2, 3
+_XFRM_DIRS = {0: "in", 1: "out", 2: "fwd"}
+_XFRM_ACTIONS = {0: "allow", 1: "block"}
+_XFRM_MODES = {0: "transport", 1: "tunnel", 2: "ro", 3: "in_trigger", 4: "beet"}
+_IPPROTO_NAMES = {50: "esp", 51: "ah", 108: "comp", 43: "route2", 60: "hao", 255: "ipsec-any"}
+_SELECTOR = struct.Struct("=16s16sHHHHHBBBxxxiI")  # struct xfrm_selector, 56 bytes
+_POLICY_INFO = 168  # sizeof(struct xfrm_userpolicy_info)
+_SA_INFO = 224  # sizeof(struct xfrm_usersa_info)
+_TMPL = struct.Struct("=16sIBxxxHxx16sIBBBxIII")  # struct xfrm_user_tmpl, 64 bytes
+
+
+def _xfrm_addr(raw: bytes, family: int) -> str:
+    if family == socket.AF_INET6:
+        return socket.inet_ntop(socket.AF_INET6, raw)
+    return socket.inet_ntop(socket.AF_INET, raw[:4])
+
+
+def _xfrm_dump(msg_type: int) -> tuple[list[tuple[int, bytes]], bool]:
+    """One NETLINK_XFRM dump: ``([(nlmsg_flags, payload), ...], interrupted)``."""
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, _NETLINK_XFRM) as sock:
+        sock.bind((0, 0))
+        sock.send(struct.pack("=IHHII", 16, msg_type, 0x301, 1, 0))  # NLM_F_REQUEST | NLM_F_DUMP
+        out: list[tuple[int, bytes]] = []
+        interrupted = False
+        while True:
+            data = sock.recv(1 << 16)
+            offset = 0
+            while offset + 16 <= len(data):
+                length, kind, flags, _seq, _pid = struct.unpack_from("=IHHII", data, offset)
+                interrupted |= bool(flags & NLM_F_DUMP_INTR)
+                if kind == _NLMSG_DONE:
+                    return out, interrupted
+                if kind == _NLMSG_ERROR:
+                    (err,) = struct.unpack_from("=i", data, offset + 16)
+                    if err:
+                        raise OSError(-err, f"xfrm dump: {os.strerror(-err)}")
+                    return out, interrupted
+                out.append((flags, data[offset + 16 : offset + length]))
+                offset += (length + 3) & ~3
+
+
+def _xfrm_attrs(payload: bytes, start: int) -> dict[int, list[bytes]]:
+    attrs: dict[int, list[bytes]] = {}
+    offset = (start + 3) & ~3
+    while offset + 4 <= len(payload):
+        length, kind = struct.unpack_from("=HH", payload, offset)
+        if length < 4:
+            break
+        attrs.setdefault(kind & 0x3FFF, []).append(payload[offset + 4 : offset + length])
+        offset += (length + 3) & ~3
+    return attrs
+
+
+def _selector(raw: bytes) -> Record:
+    daddr, saddr, dport, _dmask, sport, _smask, family, plen_d, plen_s, proto, ifindex, _user = _SELECTOR.unpack_from(
+        raw
+    )
+    sel: Record = {
+        "src": f"{_xfrm_addr(saddr, family)}/{plen_s}",
+        "dst": f"{_xfrm_addr(daddr, family)}/{plen_d}",
+    }
+    if proto:
+        sel["proto"] = _CT_PROTOS.get(proto, str(proto))
+    if sport:
+        sel["sport"] = socket.ntohs(sport)
+    if dport:
+        sel["dport"] = socket.ntohs(dport)
+    if ifindex:
+        sel["ifindex"] = ifindex
+    return sel
+
+
+def _xfrm_records(what: str, msg_type: int, parse: Callable[[bytes], Record], attempts: int) -> Dump:
+    for attempt in range(1, attempts + 1):
+        msgs, interrupted = _xfrm_dump(msg_type)
+        if not interrupted:
+            return _result([parse(p) for _, p in msgs], False, attempt)
+    log.warning("%s dump still interrupted after %d attempts; returning an inconsistent result", what, attempts)
+    return _result([parse(p) for _, p in msgs], True, attempts)
+
+
+def _policy(payload: bytes) -> Record:
+    rec = _selector(payload)
+    priority, index, direction, action, _flags, _share = struct.unpack_from("=IIBBBB", payload, 152)
+    rec.update(
+        {
+            "dir": _XFRM_DIRS.get(direction, str(direction)),
+            "priority": priority,
+            "action": _XFRM_ACTIONS.get(action, str(action)),
+            "index": index,
+        }
+    )
+    attrs = _xfrm_attrs(payload, _POLICY_INFO)
+    templates = []
+    for blob in attrs.get(_XFRMA_TMPL, []):
+        for off in range(0, len(blob) - _TMPL.size + 1, _TMPL.size):
+            daddr, spi, proto, family, saddr, reqid, mode, _share2, optional, _a, _e, _c = _TMPL.unpack_from(blob, off)
+            tmpl: Record = {
+                "src": _xfrm_addr(saddr, family),
+                "dst": _xfrm_addr(daddr, family),
+                "proto": _IPPROTO_NAMES.get(proto, str(proto)),
+                "spi": f"0x{socket.ntohl(spi):08x}",
+                "reqid": reqid,
+                "mode": _XFRM_MODES.get(mode, str(mode)),
+            }
+            if optional:
+                tmpl["level"] = "use"
+            templates.append(tmpl)
+    rec["tmpl"] = templates
+    _xfrm_common(rec, attrs)
+    return rec
+
+
+def _xfrm_common(rec: Record, attrs: dict[int, list[bytes]]) -> None:
+    if _XFRMA_MARK in attrs:
+        value, mask = struct.unpack_from("=II", attrs[_XFRMA_MARK][0])
+        rec["mark"] = f"0x{value:x}/0x{mask:x}"
+    if _XFRMA_IF_ID in attrs:
+        (rec["if_id"],) = struct.unpack_from("=I", attrs[_XFRMA_IF_ID][0])
+
+
+def _state(payload: bytes) -> Record:
+    sel = _selector(payload)
+    daddr, spi, proto = struct.unpack_from("=16sIB", payload, 56)
+    saddr = payload[80:96]
+    reqid, family, mode, replay_window, flags = struct.unpack_from("=IHBBB", payload, 208)
+    rec: Record = {
+        "src": _xfrm_addr(saddr, family),
+        "dst": _xfrm_addr(daddr, family),
+        "proto": _IPPROTO_NAMES.get(proto, str(proto)),
+        "spi": f"0x{socket.ntohl(spi):08x}",
+        "reqid": reqid,
+        "mode": _XFRM_MODES.get(mode, str(mode)),
+        "replay_window": replay_window,
+        "flags": flags,
+        "sel": sel,
+    }
+    _xfrm_common(rec, _xfrm_attrs(payload, _SA_INFO))
+    return rec
+
+
+def xfrm_policies(attempts: int = DEFAULT_ATTEMPTS) -> Dump:
+    """IPsec policies (``ip xfrm policy``, which prints no JSON); one record each::
+
+        {"src": "10.0.0.0/24", "dst": "10.1.0.0/24", "dir": "out", "priority": 5,
+         "action": "allow", "index": 1, "tmpl": [{"src": ..., "dst": ..., "proto": "esp",
+         "spi": "0x00000000", "reqid": 0, "mode": "tunnel"}]}
+
+    plus ``proto``/``sport``/``dport``/``ifindex`` of the selector, ``mark`` and
+    ``if_id`` when set.
+    """
+    return _xfrm_records("xfrm policy", _XFRM_MSG_GETPOLICY, _policy, attempts)
+
+
+def xfrm_states(attempts: int = DEFAULT_ATTEMPTS) -> Dump:
+    """IPsec security associations (``ip xfrm state``): src, dst, proto, spi, reqid, mode, selector.
+
+    Keys and algorithms are deliberately left out of the records.
+    """
+    return _xfrm_records("xfrm state", _XFRM_MSG_GETSA, _state, attempts)
+
+
+# ---------------------------------------------------------------------------
 # sysctl and snapshots
 
 
@@ -597,6 +860,9 @@ SECTIONS: dict[str, Callable[..., Dump]] = {
     "routes": routes,
     "neighbours": neighbours,
     "rules": rules,
+    "conntrack": conntrack,  # type: ignore[dict-item]
+    "xfrm_policies": xfrm_policies,
+    "xfrm_states": xfrm_states,
 }
 
 
