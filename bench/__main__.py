@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import functools
 import json
 import os
 import pickle
@@ -225,6 +226,110 @@ def bench_p2(spaces: Namespaces, reps: int, count: int) -> list[dict[str, Any]]:
 
 
 # ---------------------------------------------------------------------------
+# P3/P4: snapshot of many namespaces (links + addresses + routes)
+
+WHAT = ("links", "addresses", "routes")
+CLONE_NEWNET = 0x40000000
+
+
+def snap_pyroute2_netns(paths: list[str]) -> int:
+    """pyroute2's own answer: IPRoute(netns=...) per namespace (it forks a helper per socket)."""
+    from pyroute2 import IPRoute
+
+    count = 0
+    for path in paths:
+        with IPRoute(netns=path) as ipr:
+            count += len(ipr.get_links()) + len(ipr.get_addr()) + len(ipr.get_routes(family=0, table=0))
+    return count
+
+
+def snap_ip_loop(paths: list[str]) -> int:
+    """The shell habit: ip -n NS -j link/addr/route per namespace."""
+    count = 0
+    for path in paths:
+        name = os.path.basename(path)
+        for args in (("link", "show"), ("addr", "show"), ("route", "show", "table", "all")):
+            out = subprocess.run(["ip", "-n", name, "-j", *args], capture_output=True, text=True, check=True).stdout
+            count += len(json.loads(out))
+    return count
+
+
+def snap_setns_loop(paths: list[str]) -> int:
+    """The unsafe in-process way: setns the calling thread in and out of every namespace."""
+    from pyroute2 import IPRoute
+
+    from nsworkers._sys import setns
+
+    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    count = 0
+    try:
+        for path in paths:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                setns(fd, CLONE_NEWNET)
+                with IPRoute() as ipr:
+                    count += len(ipr.get_links()) + len(ipr.get_addr()) + len(ipr.get_routes(family=0, table=0))
+            finally:
+                setns(home, CLONE_NEWNET)
+                os.close(fd)
+    finally:
+        os.close(home)
+    return count
+
+
+def snap_nsworkers(paths: list[str], pool: nsworkers.Pool | None = None) -> int:
+    count = 0
+    for entry in nsworkers.inspect(paths, what=WHAT, pool=pool):
+        assert entry["ok"], entry
+        count += len(entry["links"]) + len(entry["addresses"]) + len(entry["routes"])
+    return count
+
+
+def bench_snapshots(spaces: Namespaces, reps: int, sizes: list[int]) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    for size in sizes:
+        paths = spaces.make(size)
+        batch = "\n".join(
+            f"link add v{i} netns {os.path.basename(p)} type veth peer name w{i} netns {os.path.basename(p)}"
+            for i, p in enumerate(paths)
+        )
+        subprocess.run(["ip", "-batch", "-"], input=batch, text=True, check=True)
+        cold = {
+            "nsworkers inspect() (new pool)": functools.partial(snap_nsworkers, paths),
+            "pyroute2 IPRoute(netns=) per ns": functools.partial(snap_pyroute2_netns, paths),
+            "ip -n NS -j loop": functools.partial(snap_ip_loop, paths),
+            "in-process setns loop (unsafe)": functools.partial(snap_setns_loop, paths),
+        }
+        samples: dict[str, list[float]] = {name: [] for name in cold}
+        for _ in range(reps):
+            for name, fn in cold.items():
+                start = time.perf_counter()
+                fn()
+                samples[name].append(time.perf_counter() - start)
+        rows += _rows(f"P3 cold snapshot of {size} namespaces (links+addresses+routes)", samples,
+                      "nsworkers inspect() (new pool)", "s")  # fmt: skip
+        with nsworkers.Pool(
+            max_workers=size + 8, idle_timeout=None, preload=("nsworkers.netlink", "nsworkers._rtnl")
+        ) as pool:
+            snap_nsworkers(paths, pool)  # warm every worker
+            warm: dict[str, list[float]] = {
+                "nsworkers inspect() on a warm pool": [],
+                "in-process setns loop (unsafe)": [],
+            }
+            for _ in range(reps):
+                start = time.perf_counter()
+                snap_nsworkers(paths, pool)
+                warm["nsworkers inspect() on a warm pool"].append((time.perf_counter() - start) / size * 1e3)
+                start = time.perf_counter()
+                snap_setns_loop(paths)
+                warm["in-process setns loop (unsafe)"].append((time.perf_counter() - start) / size * 1e3)
+        rows += _rows(f"P4 warm re-snapshot of {size} namespaces, per namespace", warm,
+                      "nsworkers inspect() on a warm pool", "ms")  # fmt: skip
+        spaces.remove()
+    return rows
+
+
+# ---------------------------------------------------------------------------
 
 
 def _rows(scenario: str, samples: dict[str, list[float]], reference: str, unit: str) -> list[dict[str, Any]]:
@@ -267,11 +372,18 @@ def print_table(rows: list[dict[str, Any]]) -> None:
             print(f"\n{scenario}")
             print(f"  {'contender':<40} {'median':>10} {'ratio':>7}")
         print(f"  {row['contender']:<40} {row['median']:>8.2f}{row['unit']:>2} {row['ratio']:>6.2f}x")
+    print("\nratio: median / the scenario's first row (below 1 is faster than it)")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
-    parser.add_argument("scenarios", nargs="*", default=["p1", "p2"], help="p1 (round trip), p2 (cold start)")
+    parser.add_argument(
+        "scenarios",
+        nargs="*",
+        default=["p1", "p2", "p3"],
+        help="p1 (round trip), p2 (cold start), p3 (cold and warm snapshots of many namespaces)",
+    )
+    parser.add_argument("--sizes", default="100,1000", help="namespace counts for p3 (default: 100,1000)")
     parser.add_argument("--reps", type=int, default=5, help="repetitions per contender (interleaved)")
     parser.add_argument("--calls", type=int, default=5000, help="calls per P1 repetition")
     parser.add_argument("--cold", type=int, default=20, help="cold workers per P2 repetition")
@@ -284,6 +396,8 @@ def main() -> None:
             rows += bench_p1(spaces, args.reps, args.calls)
         if "p2" in args.scenarios:
             rows += bench_p2(spaces, args.reps, args.cold)
+        if "p3" in args.scenarios:
+            rows += bench_snapshots(spaces, args.reps, [int(n) for n in args.sizes.split(",")])
     finally:
         spaces.remove()
     info = machine()

@@ -85,7 +85,7 @@ def inspect(
 
     *what* names sections of :data:`nsworkers.netlink.SECTIONS`. Without a
     *pool*, one is made for the batch (``jobs`` workers at a time, default
-    twice the CPUs, with pyroute2 preloaded) and shut down at the end. Memory
+    twice the CPUs, with the netlink reader preloaded) and shut down at the end. Memory
     stays bounded however many namespaces there are: at most ``2 * jobs``
     calls are queued and the pool's ``max_workers`` caps live workers.
     """
@@ -101,7 +101,7 @@ def inspect(
         pool = Pool(
             max_workers=jobs or 2 * (os.cpu_count() or 1),
             idle_timeout=None,
-            preload=("pyroute2", "nsworkers.netlink"),
+            preload=("nsworkers.netlink", "nsworkers._rtnl"),
         )
     runner = pool.options(timeout=timeout)
     try:

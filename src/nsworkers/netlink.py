@@ -7,8 +7,10 @@ jq scripts written against ``ip -j`` carry over::
     pool.run("/run/netns/blue", nsworkers.netlink.links)      # ~ ip -j link show
     pool.run("/run/netns/blue", nsworkers.netlink.snapshot)   # links, addresses, routes
 
-They share one pyroute2 netlink socket per worker process, opened on first
-use. Every dump is retried when the kernel marks it interrupted
+They share one raw ``NETLINK_ROUTE`` socket per worker process, opened on
+first use and read by a small decoder of just the attributes ``ip`` prints
+(see ``_rtnl``: pyroute2's generic decoding was most of a snapshot's cost);
+conntrack goes through pyroute2. Every dump is retried when the kernel marks it interrupted
 (``NLM_F_DUMP_INTR``: the table changed while it was being read), up to
 ``attempts`` times (5, like moby's nlwrap); a dump that stayed interrupted is
 returned anyway as a :class:`Dump` whose ``interrupted`` is true, a warning
@@ -17,12 +19,11 @@ is logged, and :func:`snapshot` lists it under ``"inconsistent"``.
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import socket
 import struct
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 __all__ = (
@@ -56,28 +57,32 @@ class Dump(list[Record]):
     attempts: int = 1
 
 
-_ipr: Any = None
-_ipr_pid = 0
+_rtnl_sock: Any = None
 
 
 def _socket() -> Any:
-    """The worker's netlink socket, opened on first use (and again after a fork)."""
-    global _ipr, _ipr_pid
-    if _ipr is None or _ipr_pid != os.getpid():
-        from pyroute2 import IPRoute
+    """The worker's rtnetlink socket, opened on first use (and again after a fork)."""
+    global _rtnl_sock
+    if _rtnl_sock is None or _rtnl_sock.pid != os.getpid():
+        from ._rtnl import RtnlSocket
 
-        _ipr = IPRoute()
-        _ipr_pid = os.getpid()
-    return _ipr
+        _rtnl_sock = RtnlSocket()
+    return _rtnl_sock
 
 
-def _dump(what: str, fetch: Callable[[Any], Iterable[Any]], attempts: int) -> tuple[list[Any], bool, int]:
+def _dump(what: str, msg_type: int, family: int, attempts: int) -> tuple[list[Any], bool, int]:
+    global _rtnl_sock
     if attempts < 1:
         raise ValueError("attempts must be >= 1")
-    ipr = _socket()
     for attempt in range(1, attempts + 1):
-        msgs = list(fetch(ipr))
-        if not any(m["header"]["flags"] & NLM_F_DUMP_INTR for m in msgs):
+        sock = _socket()
+        try:
+            msgs, interrupted = sock.dump(msg_type, family)
+        except BaseException:
+            sock.close()  # a half-read dump would confuse the next one
+            _rtnl_sock = None
+            raise
+        if not interrupted:
             return msgs, False, attempt
     log.warning("%s dump still interrupted after %d attempts; returning an inconsistent result", what, attempts)
     return msgs, True, attempts
@@ -330,8 +335,13 @@ def _link_record(msg: Any, names: dict[int, str], flags: dict[int, int], with_li
     return rec
 
 
+_link_cache: tuple[list[Any], bool, int] | None = None  # set for the length of one snapshot()
+
+
 def _link_msgs(attempts: int) -> tuple[list[Any], bool, int]:
-    return _dump("link", lambda ipr: ipr.get_links(), attempts)
+    if _link_cache is not None:
+        return _link_cache
+    return _dump("link", 18, 0, attempts)  # RTM_GETLINK
 
 
 def links(attempts: int = DEFAULT_ATTEMPTS) -> Dump:
@@ -383,7 +393,7 @@ def _addr_record(msg: Any) -> Record:
 def addresses(attempts: int = DEFAULT_ATTEMPTS) -> Dump:
     """Interfaces with their addresses, like ``ip -j addr show`` (``addr_info`` per interface)."""
     link_msgs, li, lu = _link_msgs(attempts)
-    addr_msgs, ai, au = _dump("addr", lambda ipr: ipr.get_addr(), attempts)
+    addr_msgs, ai, au = _dump("addr", 22, 0, attempts)  # RTM_GETADDR
     names, flags = _link_maps(link_msgs)
     by_link: dict[int, list[Record]] = {}
     for msg in addr_msgs:
@@ -404,14 +414,6 @@ def _prefix(addr: str | None, length: int, family: int) -> str:
     if addr is None:
         return "default" if length == 0 else f"0/{length}"
     return addr if length == _HOST_LEN.get(family, -1) else f"{addr}/{length}"
-
-
-def _route_dump(ipr: Any, family: int) -> Iterable[Any]:
-    return ipr.route("dump", family=family)  # type: ignore[no-any-return]
-
-
-def _rule_dump(ipr: Any, family: int) -> Iterable[Any]:
-    return ipr.get_rules(family=family)  # type: ignore[no-any-return]
 
 
 def _route_record(msg: Any, names: dict[int, str]) -> Record:
@@ -478,7 +480,7 @@ def routes(family: int | None = None, attempts: int = DEFAULT_ATTEMPTS) -> Dump:
     out: list[Record] = []
     interrupted, used = li, lu
     for fam in (socket.AF_INET, socket.AF_INET6) if family is None else (family,):
-        msgs, i, u = _dump("route", functools.partial(_route_dump, family=fam), attempts)
+        msgs, i, u = _dump("route", 26, fam, attempts)  # RTM_GETROUTE
         interrupted, used = interrupted or i, max(used, u)
         out.extend(_route_record(m, names) for m in msgs if not m["flags"] & 0x200)
     return _result(out, interrupted, used)
@@ -508,7 +510,7 @@ def neighbours(family: int | None = None, attempts: int = DEFAULT_ATTEMPTS) -> D
     """ARP and NDP entries like ``ip -j neigh show`` (which hides ``NOARP`` entries and bridge fdb)."""
     link_msgs, li, lu = _link_msgs(attempts)
     names = {m["index"]: m.get_attr("IFLA_IFNAME") for m in link_msgs}
-    msgs, i, u = _dump("neigh", lambda ipr: ipr.get_neighbours(), attempts)
+    msgs, i, u = _dump("neigh", 30, 0, attempts)  # RTM_GETNEIGH
     wanted = (socket.AF_INET, socket.AF_INET6) if family is None else (family,)
     out = [
         _neigh_record(m, names)
@@ -572,7 +574,7 @@ def rules(family: int | None = None, attempts: int = DEFAULT_ATTEMPTS) -> Dump:
     out: list[Record] = []
     interrupted, used = False, 1
     for fam in (socket.AF_INET, socket.AF_INET6) if family is None else (family,):
-        msgs, i, u = _dump("rule", functools.partial(_rule_dump, family=fam), attempts)
+        msgs, i, u = _dump("rule", 34, fam, attempts)  # RTM_GETRULE
         interrupted, used = interrupted or i, max(used, u)
         out.extend(_rule_record(m) for m in msgs)
     return _result(out, interrupted, used)
@@ -876,12 +878,18 @@ def snapshot(what: Sequence[str] = ("links", "addresses", "routes"), attempts: i
     unknown = [w for w in what if w not in SECTIONS]
     if unknown:
         raise ValueError(f"unknown section(s) {unknown}; choose from {sorted(SECTIONS)}")
+    global _link_cache
     out: Record = {"id": os.readlink("/proc/thread-self/ns/net")}
     inconsistent = []
-    for section in what:
-        result = SECTIONS[section](attempts=attempts)
-        out[section] = list(result)
-        if result.interrupted:
-            inconsistent.append(section)
+    if len(set(what) & {"links", "addresses", "routes", "neighbours"}) > 1:
+        _link_cache = _link_msgs(attempts)  # one link dump serves every section that names links
+    try:
+        for section in what:
+            result = SECTIONS[section](attempts=attempts)
+            out[section] = list(result)
+            if result.interrupted:
+                inconsistent.append(section)
+    finally:
+        _link_cache = None
     out["inconsistent"] = inconsistent
     return out
