@@ -133,4 +133,4 @@ def test_ls(make_netns: Callable[[], str]) -> None:
     name = make_netns()
     done = cli("ls", "--json")
     assert done.returncode == 0
-    assert name in {row["name"] for row in json.loads(done.stdout)}
+    assert any(name in row["names"] for row in json.loads(done.stdout)["namespaces"])

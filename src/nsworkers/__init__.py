@@ -48,6 +48,8 @@ from .errors import WorkerTimeoutError as WorkerTimeoutError
 if TYPE_CHECKING:
     from . import netlink as netlink
     from . import netns as netns
+    from ._discover import DiscoveredNamespace as DiscoveredNamespace
+    from ._discover import discover as discover
     from ._inspect import inspect as inspect
     from ._inspect import network_namespaces as network_namespaces
 
@@ -55,6 +57,8 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "inspect": ("._inspect", "inspect"),
+    "discover": ("._discover", "discover"),
+    "DiscoveredNamespace": ("._discover", "DiscoveredNamespace"),
     "network_namespaces": ("._inspect", "network_namespaces"),
     "netlink": (".netlink", None),
     "netns": (".netns", None),
@@ -77,6 +81,7 @@ def __getattr__(name: str) -> object:
 
 __all__ = (
     "SO_MARK",
+    "DiscoveredNamespace",
     "InvalidTargetError",
     "Namespace",
     "NamespaceClosedError",
@@ -104,6 +109,7 @@ __all__ = (
     "WorkerStateError",
     "WorkerTimeoutError",
     "default_pool",
+    "discover",
     "inspect",
     "netlink",
     "netns",

@@ -19,7 +19,7 @@ import os
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
-from ._namespace import NETNS_RUN_DIRS, Namespace, nsfs_dev
+from ._namespace import NETNS_RUN_DIRS, Namespace
 from ._pool import Pool
 
 __all__ = ("inspect", "network_namespaces")
@@ -28,35 +28,17 @@ Entry = dict[str, Any]
 
 
 def network_namespaces() -> list[str]:
-    """Paths that reach every network namespace on the host, one per namespace.
+    """One path per network namespace on the host, named ones first.
 
-    Named namespaces (``/run/netns``) first, then those only processes hold
-    (``/proc/PID/ns/net``), deduplicated by inode. Full host-wide discovery,
-    bind mounts and fds included, is :func:`nsworkers.discover`'s job.
+    Found by :func:`nsworkers.discover`: named and otherwise bind-mounted
+    namespaces, those only processes or threads are in, and those only an
+    open fd keeps alive.
     """
-    seen: set[int] = set()
-    paths: list[str] = []
-    dev = nsfs_dev()
+    from ._discover import discover
 
-    def add(path: str) -> None:
-        try:
-            st = os.stat(path)
-        except OSError:
-            return  # gone, or not ours to see
-        if st.st_dev == dev and st.st_ino not in seen:
-            seen.add(st.st_ino)
-            paths.append(path)
-
-    for base in NETNS_RUN_DIRS:
-        try:
-            names = sorted(os.listdir(base))
-        except OSError:
-            continue
-        for name in names:
-            add(f"{base}/{name}")
-    for pid in sorted((int(p) for p in os.listdir("/proc") if p.isdigit()), key=int):
-        add(f"/proc/{pid}/ns/net")
-    return paths
+    found = discover(["net"], relations=False)
+    found.sort(key=lambda n: (not n.names, n.paths[0] if n.paths else ""))
+    return [n.paths[0] for n in found if n.paths]
 
 
 def _name_of(path: str) -> str | None:

@@ -91,9 +91,44 @@ def _main(fds: tuple[int, int], targets: list[TargetSpec], parent_pid: int, pdea
         chan.send_obj((JOIN_FAILED, *failure))
         return 2
     expected = [(name, ident) for _, _, name, ident in targets]
+    if any(name in _FOR_CHILDREN for name in (t[2] for t in targets)):
+        _fork_into_children_namespaces(fds)
     chan.send_obj((READY, os.getpid(), expected))
     links = [(name, f"{name}:[{ident[1]}]") for name, ident in expected if name not in _FOR_CHILDREN]
     return _serve(chan, links)
+
+
+def _fork_into_children_namespaces(fds: tuple[int, int]) -> None:
+    """Joining a pid or time namespace only applies to children: fork once more, as nsenter does.
+
+    The child becomes the worker; this process stays behind only to wait for
+    it and exit the same way, so the zygote still sees how the worker ended.
+    The child dies with it (``PR_SET_PDEATHSIG``), so killing it kills both.
+    """
+    global _ns_dir
+    parent = os.getpid()
+    child = os.fork()
+    if child == 0:
+        _sys.prctl(_sys.PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() not in (0, parent):  # 0: the parent is outside our new pid namespace
+            os._exit(1)
+        try:  # this process's own /proc/PID/ns, seen through its new pid namespace
+            _ns_dir = os.open("/proc/self/ns", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:
+            pass
+        return
+    for fd in fds:
+        os.close(fd)
+    while True:
+        try:
+            _, status = os.waitpid(child, 0)
+            break
+        except InterruptedError:  # pragma: no cover
+            continue
+    if os.WIFSIGNALED(status):
+        signal.signal(os.WTERMSIG(status), signal.SIG_DFL)
+        os.kill(os.getpid(), os.WTERMSIG(status))
+    os._exit(os.WEXITSTATUS(status) if os.WIFEXITED(status) else 70)
 
 
 def _close_fds_except(keep: set[int]) -> None:

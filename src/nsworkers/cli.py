@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections.abc import Sequence
 from typing import Any, TextIO
@@ -23,7 +22,9 @@ examples:
   nsworkers inspect                        links, addresses, routes of every network namespace
   nsworkers inspect blue red --what links,neighbours --format jsonl
   nsworkers inspect /proc/1234/ns/net --format table
-  nsworkers ls --json                      named network namespaces as JSON
+  nsworkers ls                             every network namespace: named, held by a process, thread,
+                                           bind mount or open fd
+  nsworkers ls --type all --json           every namespace of every type, as JSON
 
 exit codes: 0 all namespaces ok, 1 some failed (their entries carry the
 error), 2 bad command line, 3 nothing could be done.
@@ -31,34 +32,41 @@ error), 2 bad command line, 3 nothing could be done.
 
 
 def _cmd_ls(args: argparse.Namespace) -> int:
-    from ._namespace import NETNS_RUN_DIRS, Namespace
-    from .errors import NsWorkersError
+    from ._discover import discover
 
-    rows = []
-    seen = set()
-    for base in NETNS_RUN_DIRS:
-        try:
-            names = sorted(os.listdir(base))
-        except FileNotFoundError:
-            continue
-        for name in names:
-            path = f"{base}/{name}"
-            try:
-                with Namespace.open(path) as ns:
-                    if ns.id in seen:
-                        continue
-                    seen.add(ns.id)
-                    rows.append({"type": ns.type.value, "inode": ns.inode, "name": name, "path": path})
-            except NsWorkersError as exc:
-                print(f"nsworkers: {path}: {exc}", file=sys.stderr)
+    types = None if "all" in args.type else args.type
+    found = discover(types)
+    if found.errors:
+        path, message = found.errors[0]
+        more = f" and {len(found.errors) - 1} more" if len(found.errors) > 1 else ""
+        print(f"nsworkers: could not read {path} ({message}){more}; listing the rest", file=sys.stderr)
     if args.json:
-        json.dump(rows, sys.stdout, indent=2)
-        print()
-    else:
-        print(f"{'TYPE':<6} {'NS':<12} NAME")
-        for row in rows:
-            print(f"{row['type']:<6} {row['inode']:<12} {row['name']}")
+        json.dump({"namespaces": [ns.as_dict() for ns in found]}, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        return EXIT_OK
+    rows = [("TYPE", "NS", "NPROCS", "PID", "COMMAND", "NAMES / PATH")]
+    for ns in found:
+        pid = ns.pids[0] if ns.pids else ns.holders[0] if ns.holders else None
+        where = ",".join(ns.names) or (ns.paths[0] if ns.paths else "-")
+        command = ns.commands.get(pid, "-") if pid is not None else "-"
+        rows.append((ns.type.value, str(ns.inode), str(len(ns.pids)), str(pid or "-"), command, where))
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    for row in rows:
+        sys.stdout.write("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:5])) + "  " + row[5] + "\n")
     return EXIT_OK
+
+
+def _types(arg: str) -> list[str]:
+    from ._namespace import NamespaceType
+
+    names = [t.strip() for t in arg.split(",") if t.strip()]
+    for name in names:
+        if name != "all":
+            try:
+                NamespaceType.coerce(name)
+            except ValueError as exc:
+                raise argparse.ArgumentTypeError(str(exc)) from None
+    return names or ["net"]
 
 
 def _target(arg: str) -> str:
@@ -165,9 +173,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"nsworkers {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     ls = sub.add_parser(
-        "ls", help="list named network namespaces", epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
+        "ls",
+        help="namespaces on this host: named, held by processes, threads, bind mounts or fds",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    ls.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    ls.add_argument("--json", action="store_true", help='print {"namespaces": [...]} (schema in the README)')
+    ls.add_argument(
+        "--type",
+        type=_types,
+        default=["net"],
+        help="comma-separated types (net,uts,ipc,mnt,pid,user,cgroup,time) or all",
+    )
     ls.set_defaults(func=_cmd_ls)
 
     ins = sub.add_parser(
