@@ -330,6 +330,39 @@ def bench_snapshots(spaces: Namespaces, reps: int, sizes: list[int]) -> list[dic
 
 
 # ---------------------------------------------------------------------------
+# D: discovery against lsns
+
+
+def bench_discovery(spaces: Namespaces, reps: int, count: int, procs: int) -> list[dict[str, Any]]:
+    """Discovery on a host with *count* extra namespaces and *procs* extra processes, against lsns -J."""
+    spaces.make(count)
+    sleepers = [subprocess.Popen(["sleep", "600"]) for _ in range(procs)]
+    try:
+        samples: dict[str, list[float]] = {"nsworkers.discover()": [], "lsns -J": []}
+        found: dict[str, int] = {}
+        for _ in range(reps):
+            start = time.perf_counter()
+            result = nsworkers.discover()
+            samples["nsworkers.discover()"].append(time.perf_counter() - start)
+            found["nsworkers.discover()"] = len(result)
+            start = time.perf_counter()
+            out = subprocess.run(["lsns", "-J"], capture_output=True, text=True, check=True).stdout
+            samples["lsns -J"].append(time.perf_counter() - start)
+            found["lsns -J"] = len(json.loads(out)["namespaces"])
+    finally:
+        for proc in sleepers:
+            proc.kill()
+            proc.wait()
+        spaces.remove()
+    rows = _rows(
+        f"D discovery: {count} extra namespaces, {procs} extra processes", samples, "nsworkers.discover()", "s"
+    )
+    for row in rows:
+        row["contender"] += f" (found {found[row['contender']]})"
+    return rows
+
+
+# ---------------------------------------------------------------------------
 
 
 def _rows(scenario: str, samples: dict[str, list[float]], reference: str, unit: str) -> list[dict[str, Any]]:
@@ -380,8 +413,8 @@ def main() -> None:
     parser.add_argument(
         "scenarios",
         nargs="*",
-        default=["p1", "p2", "p3"],
-        help="p1 (round trip), p2 (cold start), p3 (cold and warm snapshots of many namespaces)",
+        default=["p1", "p2", "p3", "d"],
+        help="p1 (round trip), p2 (cold start), p3 (cold and warm snapshots of many namespaces), d (discovery)",
     )
     parser.add_argument("--sizes", default="100,1000", help="namespace counts for p3 (default: 100,1000)")
     parser.add_argument("--reps", type=int, default=5, help="repetitions per contender (interleaved)")
@@ -396,6 +429,8 @@ def main() -> None:
             rows += bench_p1(spaces, args.reps, args.calls)
         if "p2" in args.scenarios:
             rows += bench_p2(spaces, args.reps, args.cold)
+        if "d" in args.scenarios:
+            rows += bench_discovery(spaces, args.reps, 500, 1000)
         if "p3" in args.scenarios:
             rows += bench_snapshots(spaces, args.reps, [int(n) for n in args.sizes.split(",")])
     finally:

@@ -77,3 +77,16 @@ def test_temporary_lives_as_long_as_the_handle() -> None:
         assert os.readlink("/proc/self/ns/net") != ns.unique_id
     assert ns.closed
     assert mounts_mentioning(str(inode)) == 0
+
+
+def test_failure_halfway_leaves_nothing(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The file exists and the run dir is shared when the helper fails: both steps must be undone.
+    def helper_fails(mode: str, arg: str, pass_fds: tuple[int, ...] = ()) -> None:
+        assert os.path.exists(arg)
+        raise nsworkers.NamespacePermissionError(1, "simulated failure after the file was made")
+
+    monkeypatch.setattr(netns, "_helper", helper_fails)
+    with pytest.raises(nsworkers.NamespacePermissionError):
+        netns.create(name)
+    assert not os.path.exists(f"/run/netns/{name}")
+    assert mounts_mentioning(name) == 0
