@@ -24,6 +24,7 @@ from ._pool import Target as Target
 from ._pool import WorkerInfo as WorkerInfo
 from ._pool import default_pool as default_pool
 from ._pool import run as run
+from .errors import AmbiguousContainerError as AmbiguousContainerError
 from .errors import InvalidTargetError as InvalidTargetError
 from .errors import NamespaceClosedError as NamespaceClosedError
 from .errors import NamespaceError as NamespaceError
@@ -48,6 +49,7 @@ from .errors import WorkerTimeoutError as WorkerTimeoutError
 if TYPE_CHECKING:
     from . import netlink as netlink
     from . import netns as netns
+    from ._attribution import Attribution as Attribution
     from ._discover import DiscoveredNamespace as DiscoveredNamespace
     from ._discover import discover as discover
     from ._inspect import inspect as inspect
@@ -58,6 +60,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "inspect": ("._inspect", "inspect"),
     "discover": ("._discover", "discover"),
+    "Attribution": ("._attribution", "Attribution"),
     "DiscoveredNamespace": ("._discover", "DiscoveredNamespace"),
     "network_namespaces": ("._inspect", "network_namespaces"),
     "netlink": (".netlink", None),
@@ -81,6 +84,8 @@ def __getattr__(name: str) -> object:
 
 __all__ = (
     "SO_MARK",
+    "AmbiguousContainerError",
+    "Attribution",
     "DiscoveredNamespace",
     "InvalidTargetError",
     "Namespace",

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import _sys
+from ._attribution import Attribution, attribute_pid
 from ._namespace import NETNS_RUN_DIRS, Namespace, NamespaceType, TypeLike, nsfs_dev, type_of_fd
 
 __all__ = ("DiscoveredNamespace", "Discovery", "discover")
@@ -44,6 +45,7 @@ class DiscoveredNamespace:
     parent: str | None = None  #: parent namespace (user and pid namespaces), if the kernel tells
     owner: str | None = None  #: owning user namespace, if the kernel tells
     sources: list[str] = field(default_factory=list)  #: process, task, bindmount, fd
+    attribution: Attribution | None = None  #: container / pod / unit of its processes, if recognised
 
     @property
     def id(self) -> tuple[int, int]:
@@ -84,6 +86,7 @@ class DiscoveredNamespace:
             "parent": self.parent,
             "owner": self.owner,
             "sources": self.sources,
+            "attribution": self.attribution.as_dict() if self.attribution is not None else None,
         }
 
 
@@ -142,13 +145,15 @@ def _unescape(path: str) -> str:
     return "".join(out)
 
 
-def discover(types: Iterable[TypeLike] | None = None, *, relations: bool = True) -> Discovery:
+def discover(types: Iterable[TypeLike] | None = None, *, relations: bool = True, attribute: bool = True) -> Discovery:
     """Every namespace on the host of the given *types* (all eight by default).
 
     Each result carries its names, paths that can open it, pids, threads,
     fd holders, process names and, for user and pid namespaces, the parent
     and owner where the kernel tells (``NS_GET_PARENT``, ``NS_GET_USERNS``;
-    *relations* turns those look-ups off). Results can be opened
+    *relations* turns those look-ups off) and, with *attribute*, the
+    container, pod or systemd unit its processes belong to (see
+    ``_attribution``). Results can be opened
     (:meth:`DiscoveredNamespace.open`) and passed to the pool as their
     ``paths[0]``.
     """
@@ -258,6 +263,7 @@ def discover(types: Iterable[TypeLike] | None = None, *, relations: bool = True)
                         if name not in ns.names:
                             ns.names.append(name)
 
+    cache: dict[int, Attribution] = {}
     for ns in found.values():
         # bind mounts first: they outlive processes
         ns.paths.sort(key=lambda p: (not p.startswith(("/run/netns/", "/var/run/netns/")), p.startswith("/proc/")))
@@ -267,9 +273,25 @@ def discover(types: Iterable[TypeLike] | None = None, *, relations: bool = True)
                 ns.commands[pid] = command
         if relations and ns.type in (NamespaceType.USER, NamespaceType.PID):
             _relations(ns)
+        if attribute:
+            ns.attribution = _attribute(ns, cache)
         result.append(ns)
     result.sort(key=lambda n: (n.type.value, n.inode))
     return result
+
+
+def _attribute(ns: DiscoveredNamespace, cache: dict[int, Attribution]) -> Attribution | None:
+    """The most specific attribution among the first few processes in (or holding) the namespace."""
+    best: Attribution | None = None
+    for pid in (ns.pids + ns.holders)[:16]:
+        if pid not in cache:
+            cache[pid] = attribute_pid(pid)
+        found = cache[pid]
+        if found.container_id or found.pod_uid:
+            return found
+        if found.known and best is None:
+            best = found
+    return best
 
 
 def _relations(ns: DiscoveredNamespace) -> None:

@@ -62,6 +62,7 @@ def inspect(
     jobs: int | None = None,
     timeout: float | None = 30.0,
     attempts: int = 5,
+    attribution: bool = True,
 ) -> Iterator[Entry]:
     """Snapshot each namespace (every network namespace on the host by default); yield entries as they complete.
 
@@ -70,6 +71,8 @@ def inspect(
     twice the CPUs, with the netlink reader preloaded) and shut down at the end. Memory
     stays bounded however many namespaces there are: at most ``2 * jobs``
     calls are queued and the pool's ``max_workers`` caps live workers.
+    With *attribution*, each entry says which container, pod or unit the
+    namespace belongs to (``"attribution"``, None when unknown).
     """
     from . import netlink
 
@@ -78,6 +81,11 @@ def inspect(
     if unknown:
         raise ValueError(f"unknown section(s) {unknown}; choose from {sorted(netlink.SECTIONS)}")
     targets = network_namespaces() if namespaces is None else list(namespaces)
+    owners: dict[str, Any] = {}
+    if attribution:
+        from ._discover import discover
+
+        owners = {ns.unique_id: ns.attribution for ns in discover(["net"], relations=False)}
     own = pool is None
     if pool is None:
         pool = Pool(
@@ -102,6 +110,9 @@ def inspect(
             else:
                 entry["ok"] = True
                 entry.update(result)
+                if attribution:
+                    owner = owners.get(result.get("id", ""))
+                    entry["attribution"] = owner.as_dict() if owner is not None else None
             yield entry
     finally:
         if own:

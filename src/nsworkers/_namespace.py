@@ -269,6 +269,34 @@ class Namespace:
         return cls(own, f"/proc/{os.getpid()}/fd/{own}", kind, (st.st_dev, st.st_ino))
 
     @classmethod
+    def from_container(cls, id_or_prefix: str, type: TypeLike = "net") -> Namespace:
+        """The namespace of *type* of a container, found by (a prefix of) its id in ``/proc/*/cgroup``.
+
+        Works for every runtime the attribution recognises (docker, containerd,
+        CRI-O, podman), without talking to the engine. An unknown id raises
+        :class:`NamespaceNotFoundError`; a prefix matching several containers
+        :class:`AmbiguousContainerError` listing them.
+        """
+        from ._attribution import container_processes
+        from .errors import AmbiguousContainerError
+
+        prefix = id_or_prefix.strip().lower()
+        if not prefix or any(c not in "0123456789abcdef" for c in prefix):
+            raise ValueError(f"not a container id: {id_or_prefix!r}")
+        matches = {cid: pids for cid, pids in container_processes().items() if cid.startswith(prefix)}
+        if not matches:
+            raise NamespaceNotFoundError(errno.ESRCH, "no running container with that id", id_or_prefix)
+        if len(matches) > 1:
+            raise AmbiguousContainerError(id_or_prefix, sorted(matches))
+        (pids,) = matches.values()
+        for pid in sorted(pids):
+            try:
+                return cls.from_pid(pid, type)
+            except NamespaceNotFoundError:
+                continue  # exited meanwhile
+        raise NamespaceNotFoundError(errno.ESRCH, "the container's processes are gone", id_or_prefix)
+
+    @classmethod
     def current(cls, type: TypeLike = "net") -> Namespace:
         """The calling thread's namespace of *type*."""
         kind = NamespaceType.coerce(type)

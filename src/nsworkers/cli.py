@@ -25,35 +25,70 @@ examples:
   nsworkers ls                             every network namespace: named, held by a process, thread,
                                            bind mount or open fd
   nsworkers ls --type all --json           every namespace of every type, as JSON
+  nsworkers ls --runtime docker            network namespaces of Docker containers
+  nsworkers inspect --pod kube-system/coredns --format table
 
 exit codes: 0 all namespaces ok, 1 some failed (their entries carry the
 error), 2 bad command line, 3 nothing could be done.
 """
 
 
+def _matches(attribution: Any, args: argparse.Namespace) -> bool:
+    """The --container / --pod / --runtime filters (all given ones must match)."""
+    container, pod, runtime = (
+        getattr(args, "container", None),
+        getattr(args, "pod", None),
+        getattr(args, "runtime", None),
+    )
+    if not (container or pod or runtime):
+        return True
+    if attribution is None:
+        return False
+    if container and not (
+        (attribution.container_id or "").startswith(container.lower()) or attribution.container_name == container
+    ):
+        return False
+    if pod and pod not in (
+        attribution.pod_name,
+        attribution.pod_uid,
+        f"{attribution.pod_namespace}/{attribution.pod_name}",
+    ):
+        return False
+    return not (runtime and attribution.runtime != runtime)
+
+
 def _cmd_ls(args: argparse.Namespace) -> int:
     from ._discover import discover
 
-    types = None if "all" in args.type else args.type
-    found = discover(types)
+    found = discover(None if "all" in args.type else args.type)
     if found.errors:
         path, message = found.errors[0]
         more = f" and {len(found.errors) - 1} more" if len(found.errors) > 1 else ""
         print(f"nsworkers: could not read {path} ({message}){more}; listing the rest", file=sys.stderr)
+    shown = [ns for ns in found if _matches(ns.attribution, args)]
     if args.json:
-        json.dump({"namespaces": [ns.as_dict() for ns in found]}, sys.stdout, indent=2)
+        json.dump({"namespaces": [ns.as_dict() for ns in shown]}, sys.stdout, indent=2)
         sys.stdout.write("\n")
         return EXIT_OK
-    rows = [("TYPE", "NS", "NPROCS", "PID", "COMMAND", "NAMES / PATH")]
-    for ns in found:
+    rows = [("TYPE", "NS", "NPROCS", "PID", "COMMAND", "CONTAINER", "NAMES / PATH")]
+    for ns in shown:
         pid = ns.pids[0] if ns.pids else ns.holders[0] if ns.holders else None
         where = ",".join(ns.names) or (ns.paths[0] if ns.paths else "-")
         command = ns.commands.get(pid, "-") if pid is not None else "-"
-        rows.append((ns.type.value, str(ns.inode), str(len(ns.pids)), str(pid or "-"), command, where))
-    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+        owner = ns.attribution.label() if ns.attribution is not None else "-"
+        rows.append((ns.type.value, str(ns.inode), str(len(ns.pids)), str(pid or "-"), command, owner, where))
+    widths = [max(len(r[i]) for r in rows) for i in range(6)]
     for row in rows:
-        sys.stdout.write("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:5])) + "  " + row[5] + "\n")
+        sys.stdout.write("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:6])) + "  " + row[6] + "\n")
     return EXIT_OK
+
+
+def _add_filters(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--container", metavar="ID", help="only the container with this id prefix (or name)")
+    parser.add_argument("--pod", metavar="POD", help="only this Kubernetes pod: NAME, NAMESPACE/NAME or UID")
+    parser.add_argument(
+        "--runtime", metavar="NAME", help="only this runtime: docker, containerd, cri, cri-o, podman, lxc, systemd ..."
+    )
 
 
 def _types(arg: str) -> list[str]:
@@ -118,7 +153,13 @@ def _table(entries: list[dict[str, Any]], out: TextIO) -> None:
 def _cmd_inspect(args: argparse.Namespace) -> int:
     from ._inspect import inspect, network_namespaces
 
-    targets = args.namespaces if args.namespaces and not args.all else network_namespaces()
+    if args.container or args.pod or args.runtime:
+        from ._discover import discover
+
+        chosen = [ns for ns in discover(["net"]) if ns.paths and _matches(ns.attribution, args)]
+        targets = [ns.paths[0] for ns in chosen]
+    else:
+        targets = args.namespaces if args.namespaces and not args.all else network_namespaces()
     if not targets:
         print("nsworkers: no network namespace found", file=sys.stderr)
         return EXIT_ERROR
@@ -185,6 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=["net"],
         help="comma-separated types (net,uts,ipc,mnt,pid,user,cgroup,time) or all",
     )
+    _add_filters(ls)
     ls.set_defaults(func=_cmd_ls)
 
     ins = sub.add_parser(
@@ -204,6 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     ins.add_argument("--format", choices=("json", "jsonl", "table"), default="json", help="output format")
     ins.add_argument("--jobs", type=int, default=None, help="namespaces in flight at once (default: 2 x CPUs)")
     ins.add_argument("--timeout", type=float, default=30.0, help="seconds per namespace (default: 30)")
+    _add_filters(ins)
     ins.set_defaults(func=_cmd_inspect)
 
     demo = sub.add_parser(

@@ -12,6 +12,7 @@ working::
     │   ├── NamespaceClosedError        (ValueError)         a ``Namespace`` used after close()
     │   ├── NamespacePermissionError    (PermissionError)    may not open it
     │   ├── NamespaceExistsError        (FileExistsError)    netns.create() of a taken name
+    │   ├── AmbiguousContainerError     (LookupError)        a container id prefix that matches several
     │   └── NamespaceJoinError          (OSError)            the worker's setns() failed (errno kept)
     ├── WorkerError
     │   ├── WorkerCrashedError          (RuntimeError)       worker died mid-call (exit code / signal)
@@ -34,6 +35,7 @@ from __future__ import annotations
 import pickle
 
 __all__ = (
+    "AmbiguousContainerError",
     "InvalidTargetError",
     "NamespaceClosedError",
     "NamespaceError",
@@ -87,6 +89,16 @@ class NamespacePermissionError(NamespaceError, PermissionError):
 
 class NamespaceExistsError(NamespaceError, FileExistsError):
     """A named namespace of that name exists already."""
+
+
+class AmbiguousContainerError(NamespaceError, LookupError):
+    """A container id prefix matches several containers; ``candidates`` lists their ids."""
+
+    def __init__(self, prefix: str, candidates: list[str]) -> None:
+        shown = ", ".join(c[:12] for c in candidates[:10])
+        super().__init__(f"container id prefix {prefix!r} matches {len(candidates)} containers: {shown}")
+        self.prefix = prefix
+        self.candidates = candidates
 
 
 class NamespaceJoinError(NamespaceError, OSError):
