@@ -206,7 +206,7 @@ def test_cli_ls(make_netns: Callable[[], str]) -> None:
     assert {r["type"] for r in rows} >= {"net", "uts", "ipc", "mnt", "pid", "user", "cgroup"}
     (row,) = [r for r in rows if name in r["names"]]
     assert set(row) == {"type", "inode", "id", "names", "paths", "pids", "tids", "holders", "commands", "parent",
-                        "owner", "sources"}  # fmt: skip
+                        "owner", "sources", "attribution"}  # fmt: skip
     table = subprocess.run(
         [sys.executable, "-m", "nsworkers", "ls"], capture_output=True, text=True, env=env, check=True
     ).stdout

@@ -111,3 +111,24 @@ def test_garbage_never_crashes_or_hangs(data: bytes, close: bool) -> None:
     finally:
         a.close()
         b.close()
+
+
+def test_deadlines_work_past_fd_setsize() -> None:
+    # A pool with many workers holds channel fds above 1024, where select() cannot go.
+    import fcntl
+    import time
+
+    ours, theirs = channel_pipes()
+    high = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 1100 + i) for i, fd in enumerate(ours)]
+    for fd in ours:
+        os.close(fd)
+    a, b = Channel(*high), Channel(*theirs)
+    try:
+        assert a.rfd >= 1024
+        with pytest.raises(TimeoutError):
+            a.recv(deadline=time.monotonic() + 0.05)
+        b.send(PICKLE, b"x")
+        assert bytes(a.recv(deadline=time.monotonic() + 5)[1]) == b"x"
+    finally:
+        a.close()
+        b.close()

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import importlib
 import io
+import math
 import os
 import pickle
 import select
@@ -216,9 +217,14 @@ class Channel:
     # -- receiving ----------------------------------------------------------
 
     def _wait(self, deadline: float) -> None:
+        # poll, not select: a pool with many workers holds fds past FD_SETSIZE (1024)
         remaining = deadline - time.monotonic()
-        if remaining <= 0 or not select.select([self.rfd], [], [], remaining)[0]:
-            raise TimeoutError("timed out waiting for the worker")
+        if remaining > 0:
+            poller = select.poll()
+            poller.register(self.rfd, select.POLLIN)
+            if poller.poll(max(1, math.ceil(remaining * 1000))):
+                return
+        raise TimeoutError("timed out waiting for the worker")
 
     def _read(self, size: int, deadline: float | None) -> bytes:
         if deadline is not None:

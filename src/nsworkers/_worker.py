@@ -56,6 +56,8 @@ def child_main(fds: tuple[int, int], targets: list[TargetSpec], parent_pid: int,
     code = 70
     try:
         code = _main(fds, targets, parent_pid, pdeathsig)
+    except ChannelClosed:
+        code = 0  # the caller went away (shut down, gave up on us): nothing to report to
     except BaseException:
         try:
             traceback.print_exc()
