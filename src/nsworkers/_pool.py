@@ -180,6 +180,10 @@ class _Call:
         return getattr(self.fn, "__qualname__", None) or repr(self.fn)
 
 
+class _StaleWorker(Exception):
+    """The request could not even be sent: the worker was already gone."""
+
+
 _LOAD_FAILED = -1  # local reply tag: the worker's reply could not be deserialized here
 IDLE = "idle"
 BUSY = "busy"
@@ -420,7 +424,10 @@ class Pool:
         healthy = False
         try:
             make = _Call(_worker_socket, (family, type, proto), {})
-            reply = self._roundtrip(worker, make, deadline, self._timeout)
+            try:
+                reply = self._roundtrip(worker, make, deadline, self._timeout)
+            except _StaleWorker:
+                raise WorkerCrashedError(f"the worker for {worker.label} was gone; try again") from None
             if reply[0] != msg.OK:
                 healthy = reply[0] != msg.TAINTED
                 self._outcome(reply, worker, make)
@@ -522,33 +529,52 @@ class Pool:
     def _execute(self, target: _Target, call: _Call, timeout: float | None) -> Any:
         """Run one counted call (``_inflight`` was raised by the caller; lowered here, once)."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        worker = None
-        with self._lock:  # fast path: an idle worker is waiting
-            slot = self._slots.get(target.key)
-            if slot is not None and slot.idle:
-                worker = slot.idle.pop()
-                del self._lru[worker]
-                worker.state = BUSY
-        if worker is None:
+        for attempt in (0, 1):
+            worker = None
+            with self._lock:  # fast path: an idle worker is waiting
+                slot = self._slots.get(target.key)
+                if slot is not None and slot.idle:
+                    worker = slot.idle.pop()
+                    del self._lru[worker]
+                    worker.state = BUSY
+            if worker is None:
+                try:
+                    worker = self._acquire(target, deadline, timeout)
+                except BaseException:
+                    self._release(None, False)
+                    raise
+            healthy = False
             try:
-                worker = self._acquire(target, deadline, timeout)
+                reply = self._roundtrip(worker, call, deadline, timeout)
+                healthy = reply[0] not in (msg.TAINTED, msg.FATAL)  # those workers exit by themselves
+            except _StaleWorker:
+                # It died while idle (killed, OOM, its zygote gone) before our request
+                # reached it: the call never started, so one retry on a fresh worker is safe.
+                self._release(worker, False, done=False)
+                if attempt:
+                    raise WorkerCrashedError(
+                        f"the worker for {worker.label} died twice before starting {call.name}()"
+                    ) from None
+                continue
             except BaseException:
-                self._release(None, False)
+                self._release(worker, False)
                 raise
-        healthy = False
-        try:
-            reply = self._roundtrip(worker, call, deadline, timeout)
-            healthy = reply[0] != msg.TAINTED  # that worker exits by itself
-        finally:
             self._release(worker, healthy)
+            break
+        assert worker is not None
         if reply[0] == msg.OK:
             return reply[1]
         if not healthy:
             self._spawner.forget(worker.pid)
         return self._outcome(reply, worker, call)
 
-    def _exchange(self, worker: _Worker, call: _Call, deadline: float | None) -> Any:
-        worker.chan.send(call.codec, call.payload)
+    def _exchange(self, worker: _Worker, call: _Call, deadline: float | None, first: bool = False) -> Any:
+        try:
+            worker.chan.send(call.codec, call.payload)
+        except proto.ChannelClosed:
+            if first:
+                raise _StaleWorker from None
+            raise
         codec, payload = worker.chan.recv(deadline)
         try:
             return proto.loads(codec, payload)
@@ -560,12 +586,15 @@ class Pool:
 
     def _roundtrip(self, worker: _Worker, call: _Call, deadline: float | None, timeout: float | None) -> Any:
         try:
-            reply = self._exchange(worker, call, deadline)
+            reply = self._exchange(worker, call, deadline, first=True)
             if reply[0] == msg.UNLOADABLE and call.as_dill():
                 # The worker could not import something pickle sent by reference: resend by value.
                 reply = self._exchange(worker, call, deadline)
             worker.calls += 1
             return reply
+        except _StaleWorker:
+            self._spawner.reap(worker.pid)
+            raise
         except TimeoutError:
             self._kill(worker)
             raise WorkerTimeoutError(
@@ -604,6 +633,15 @@ class Pool:
             )
         if tag == _LOAD_FAILED:
             raise reply[1]
+        if tag == msg.FATAL:
+            codec, data = reply[1]
+            try:
+                self._outcome(proto.loads(codec, data), worker, call)
+            except BaseException as exc:
+                raise WorkerCrashedError(
+                    f"worker {worker.pid} serving {worker.label} hit {type(exc).__name__} in {call.name}(); "
+                    "its state is suspect, so it was replaced"
+                ) from exc
         if tag == msg.TAINTED:
             raise WorkerStateError(f"{call.name}() in {worker.label}: {reply[1]}")
         raise ProtocolError(f"unexpected reply tag {tag!r} from worker {worker.pid}")
@@ -695,11 +733,12 @@ class Pool:
             raise ProtocolError(f"unexpected start-up reply {reply[0]!r} from worker {pid}")
         return _Worker(pid, chan, target.key, target.label)
 
-    def _release(self, worker: _Worker | None, healthy: bool) -> None:
-        """Give *worker* back (or drop it if not *healthy*) and count the call as done."""
+    def _release(self, worker: _Worker | None, healthy: bool, done: bool = True) -> None:
+        """Give *worker* back (or drop it if not *healthy*) and, if *done*, count the call as finished."""
         retire = False
         with self._lock:
-            self._inflight -= 1
+            if done:
+                self._inflight -= 1
             if worker is not None:
                 worker.last_used = time.monotonic()
                 if healthy and not self._closed and (self._max_tasks is None or worker.calls < self._max_tasks):

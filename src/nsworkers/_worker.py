@@ -40,6 +40,9 @@ RAISED_RAW = 4  # (RAISED_RAW, type_name, message, traceback_text): exception no
 UNSENDABLE = 5  # (UNSENDABLE, message): the result could not be serialized
 UNLOADABLE = 6  # (UNLOADABLE, message, codec): the call could not be deserialized here
 TAINTED = 7  # (TAINTED, message): the callable changed the worker's namespace; worker exits
+FATAL = 8  # (FATAL, exception reply): MemoryError/RecursionError; the worker's state is suspect and it exits
+
+_FATAL_ERRORS = (MemoryError, RecursionError)
 
 # A call request is (fn, args, kwargs); None asks the worker to exit.
 STOP = None
@@ -200,9 +203,11 @@ def _serve(chan: Channel, links: list[tuple[str, str]]) -> int:
             return 0
         fn, args, kwargs = request
         del request
+        fatal = False
         try:
             reply: tuple[Any, ...] = (OK, fn(*args, **kwargs))
         except BaseException as exc:  # the caller decides what is fatal
+            fatal = isinstance(exc, _FATAL_ERRORS)
             reply = _exception_reply(exc)
         del fn, args, kwargs
         if os.getpid() != my_pid:
@@ -219,6 +224,9 @@ def _serve(chan: Channel, links: list[tuple[str, str]]) -> int:
             else:
                 codec, data = dumps(_raw_exception(reply[1], reply[2]))
         del reply
+        if fatal:
+            chan.send_obj((FATAL, (codec, data)))
+            return 4
         chan.send(codec, data)
         del data
 

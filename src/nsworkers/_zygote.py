@@ -72,6 +72,21 @@ def describe_status(status: int | None, killed: bool) -> str:
     return f"wait status {status:#x}"
 
 
+def recv_fds(sock: socket.socket, bufsize: int, maxfds: int) -> tuple[bytes, list[int], int, Any]:
+    """``socket.recv_fds`` with ``MSG_CMSG_CLOEXEC``: received fds are close-on-exec from the start.
+
+    (``socket.recv_fds`` on Python < 3.12 ignores its *flags* argument.)
+    """
+    import array
+
+    fds = array.array("i")
+    msg, ancdata, flags, addr = sock.recvmsg(bufsize, socket.CMSG_LEN(maxfds * fds.itemsize), socket.MSG_CMSG_CLOEXEC)
+    for level, kind, data in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(data[: len(data) - (len(data) % fds.itemsize)])
+    return msg, list(fds), flags, addr
+
+
 def _close_all(*fds: int) -> None:
     for fd in fds:
         try:
@@ -168,7 +183,7 @@ class ZygoteSpawner:
             ctl = self._ctl or self._start()
             try:
                 socket.send_fds(ctl, [payload], fds)
-                data, got_fds, _flags, _addr = socket.recv_fds(ctl, _CTL_BUF, 4)
+                data, got_fds, _flags, _addr = recv_fds(ctl, _CTL_BUF, 4)
                 if data:
                     return pickle.loads(data), got_fds
             except (BrokenPipeError, ConnectionResetError):
@@ -365,7 +380,7 @@ class _Zygote:
 
     def serve(self) -> None:
         while True:
-            data, fds, _flags, _addr = socket.recv_fds(self.ctl, _CTL_BUF, 16)
+            data, fds, _flags, _addr = recv_fds(self.ctl, _CTL_BUF, 16)
             if not data:
                 return
             request = pickle.loads(data)

@@ -18,6 +18,7 @@ import sys
 from collections.abc import Iterator
 
 from ._namespace import NETNS_RUN_DIRS, Namespace, NamespaceType, check_netns_name
+from ._zygote import recv_fds
 from .errors import NamespaceExistsError, NamespaceNotFoundError, NamespacePermissionError, NsWorkersError
 
 __all__ = ("NETNS_RUN_DIR", "create", "delete", "list_named", "path_of", "temporary")
@@ -150,7 +151,7 @@ def temporary() -> Iterator[Namespace]:
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
     with ours, theirs:
         _helper("fd", str(theirs.fileno()), (theirs.fileno(),))
-        _, fds, _, _ = socket.recv_fds(ours, 1, 1)
+        _, fds, _, _ = recv_fds(ours, 1, 1)
     if len(fds) != 1:
         raise NsWorkersError("the helper did not pass back a namespace fd")
     try:

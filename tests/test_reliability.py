@@ -1,0 +1,360 @@
+"""Reliability: faults, timeouts, bad input, leaks, stress and IPC hygiene (issue figures R1-R7).
+
+Soak sizes come from NSW_SOAK=1 (100k calls, 10k spawn/evict cycles, 64 threads x 10k
+calls); the default run uses shortened versions of every suite.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+import socket
+import stat
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+import nsworkers
+from nsworkers import Namespace, Pool
+
+from .conftest import ip, thread_netns, wait_for
+
+pytestmark = pytest.mark.privileged
+SOAK = os.environ.get("NSW_SOAK") == "1"
+
+
+def pid() -> int:
+    return os.getpid()
+
+
+def my_netns() -> str:
+    return os.readlink("/proc/self/ns/net")
+
+
+def recurse(n: int = 0) -> int:
+    return recurse(n + 1)
+
+
+def exhaust_memory() -> None:
+    bytearray(1 << 60)
+
+
+# -- R1 faults -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("fault", "cause"), [(exhaust_memory, MemoryError), (recurse, RecursionError)])
+def test_fatal_python_errors_replace_the_worker(
+    pool: Pool, netns: str, fault: Callable[[], Any], cause: type[BaseException]
+) -> None:
+    before = pool.run(netns, pid)
+    with pytest.raises(nsworkers.WorkerCrashedError) as info:
+        pool.run(netns, fault)
+    assert isinstance(info.value.__cause__, cause)
+    assert cause.__name__ in str(info.value)
+    assert pool.run(netns, pid) != before
+
+
+def test_worker_killed_while_idle_is_replaced_transparently(pool: Pool, netns: str) -> None:
+    before = pool.run(netns, pid)
+    os.kill(before, signal.SIGKILL)
+    assert wait_for(lambda: not psutil.pid_exists(before) or psutil.Process(before).status() == "zombie")
+    assert pool.run(netns, pid) != before  # the request never reached the dead worker: retried
+
+
+def test_zygote_killed_is_restarted(pool: Pool, make_netns: Callable[[], str]) -> None:
+    a, b = f"/run/netns/{make_netns()}", f"/run/netns/{make_netns()}"
+    pool.run(a, pid)
+    zygote = pool._spawner.zygote_pid  # type: ignore[attr-defined]
+    assert zygote is not None
+    os.kill(zygote, signal.SIGKILL)
+    assert pool.run(b, my_netns) == Namespace.open(b).unique_id  # a new namespace: a new zygote forks it
+    assert pool.run(a, my_netns) == Namespace.open(a).unique_id  # its old worker died with the old zygote
+    assert pool._spawner.zygote_pid not in (None, zygote)  # type: ignore[attr-defined]
+
+
+# -- R2 timeouts -----------------------------------------------------------
+
+
+def test_timeout_precision(pool: Pool, netns: str) -> None:
+    pool.run(netns, pid)
+    overshoot = []
+    for _ in range(5):
+        start = time.monotonic()
+        with pytest.raises(nsworkers.WorkerTimeoutError):
+            pool.options(timeout=0.2).run(netns, time.sleep, 10)
+        overshoot.append(time.monotonic() - start - 0.2)
+    assert min(overshoot) >= 0
+    assert sorted(overshoot)[2] < 0.1, overshoot  # median within timeout + 100 ms
+
+
+# -- R4 bad input ----------------------------------------------------------
+
+
+class _BadReduce:
+    def __call__(self) -> None:
+        pass
+
+    def __reduce__(self) -> Any:
+        raise TypeError("refuses to be pickled")
+
+
+class _Unrebuildable(Exception):
+    def __init__(self, a: int, b: int) -> None:  # pickle rebuilds it with one argument: fails
+        super().__init__(f"{a}-{b}")
+
+
+def _raise_unrebuildable() -> None:
+    raise _Unrebuildable(1, 2)
+
+
+def _generator() -> Any:
+    return (i for i in range(3))
+
+
+def _open_file() -> Any:
+    return open("/proc/self/status")
+
+
+def _setns_away() -> None:
+    import ctypes
+
+    fd = os.open(f"/proc/{os.getppid()}/ns/net", os.O_RDONLY)
+    ctypes.CDLL(None).setns(fd, 0)
+
+
+BadCase = tuple[str, Callable[[Pool, str, Path], Any], type[BaseException]]
+BAD_INPUT: list[BadCase] = [
+    ("missing path", lambda p, ns, tmp: p.run("/run/netns/nsw-no-such", pid), nsworkers.NamespaceNotFoundError),
+    ("regular file", lambda p, ns, tmp: p.run(str(tmp / "file"), pid), nsworkers.NotANamespaceError),
+    ("directory", lambda p, ns, tmp: p.run(str(tmp), pid), nsworkers.NotANamespaceError),
+    ("symlink loop", lambda p, ns, tmp: p.run(str(tmp / "loop"), pid), nsworkers.NotANamespaceError),
+    ("/proc/self/status", lambda p, ns, tmp: p.run("/proc/self/status", pid), nsworkers.NotANamespaceError),
+    ("wrong type", lambda p, ns, tmp: Namespace.open("/proc/self/ns/uts", "net"), nsworkers.NamespaceTypeError),
+    ("closed Namespace", lambda p, ns, tmp: p.run(_closed(ns), pid), nsworkers.NamespaceClosedError),
+    ("negative fd", lambda p, ns, tmp: Namespace.from_fd(-1), nsworkers.NamespaceNotFoundError),
+    ("invalid fd", lambda p, ns, tmp: Namespace.from_fd(19999), nsworkers.NamespaceNotFoundError),
+    ("non-callable", lambda p, ns, tmp: p.run(ns, 42), TypeError),  # type: ignore[arg-type]
+    ("unpicklable callable", lambda p, ns, tmp: p.run(ns, _BadReduce()), nsworkers.SerializationError),
+    ("unpicklable argument", lambda p, ns, tmp: p.run(ns, id, threading.Lock()), nsworkers.SerializationError),
+    ("unpicklable result", lambda p, ns, tmp: p.run(ns, threading.Lock), nsworkers.SerializationError),
+    ("unpicklable exception", lambda p, ns, tmp: p.run(ns, _raise_unrebuildable), nsworkers.RemoteError),
+    ("generator result", lambda p, ns, tmp: p.run(ns, _generator), nsworkers.SerializationError),
+    ("result holding an open file", lambda p, ns, tmp: p.run(ns, _open_file), nsworkers.SerializationError),
+    ("None as a path", lambda p, ns, tmp: p.run(None, pid), nsworkers.InvalidTargetError),  # type: ignore[arg-type]
+    ("int as a path", lambda p, ns, tmp: p.run(3, pid), nsworkers.InvalidTargetError),  # type: ignore[arg-type]
+    ("bytes as a path", lambda p, ns, tmp: p.run(b"/run", pid), nsworkers.InvalidTargetError),  # type: ignore[arg-type]
+    ("timeout 0", lambda p, ns, tmp: p.options(timeout=0), ValueError),
+    ("negative timeout", lambda p, ns, tmp: p.options(timeout=-1), ValueError),
+    ("callable that setns()es away", lambda p, ns, tmp: p.run(ns, _setns_away), nsworkers.WorkerStateError),
+]
+
+
+def _closed(path: str) -> Namespace:
+    ns = Namespace.open(path)
+    ns.close()
+    return ns
+
+
+@pytest.fixture
+def bad_paths(tmp_path: Path) -> Path:
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    return tmp_path
+
+
+@pytest.mark.parametrize(("kind", "action", "error"), BAD_INPUT, ids=[c[0] for c in BAD_INPUT])
+def test_bad_input_is_typed_and_harmless(
+    pool: Pool, netns: str, bad_paths: Path, kind: str, action: Callable[[Pool, str, Path], Any], error: type
+) -> None:
+    with pytest.raises(error) as info:
+        action(pool, netns, bad_paths)
+    assert "\n" not in str(info.value).strip() or kind == "unpicklable exception"
+    assert pool.run(netns, my_netns) == Namespace.open(netns).unique_id  # still usable
+
+
+def test_deleted_namespace_and_shutdown(make_netns: Callable[[], str]) -> None:
+    name = make_netns()
+    pool = Pool()
+    ip("netns", "del", name)
+    with pytest.raises(nsworkers.NamespaceNotFoundError):
+        pool.run(f"/run/netns/{name}", pid)
+    pool.shutdown()
+    with pytest.raises(nsworkers.PoolClosedError):
+        pool.submit("/proc/self/ns/net", pid)
+
+
+def test_512_mib_result(pool: Pool, netns: str) -> None:
+    size = 512 << 20
+    assert len(pool.run(netns, bytes, size)) == size
+    assert pool.run(netns, pid)
+
+
+# -- R5 leaks --------------------------------------------------------------
+
+
+def _resources() -> tuple[int, int, set[int]]:
+    me = psutil.Process()
+    return me.num_fds(), me.num_threads(), {c.pid for c in me.children(recursive=True)}
+
+
+def _host_state() -> tuple[set[str], int]:
+    with open("/proc/self/mountinfo") as f:
+        mounts = sum(1 for _ in f)
+    return set(os.listdir("/run/netns")), mounts
+
+
+def test_no_leaks_over_many_calls_and_spawn_cycles(make_netns: Callable[[], str]) -> None:
+    calls, cycles = (100_000, 10_000) if SOAK else (20_000, 300)
+    paths = [f"/run/netns/{make_netns()}" for _ in range(3)]
+    host_before = _host_state()
+    fds, threads, children = _resources()
+    with Pool(max_workers=2) as pool:
+        for _ in range(calls):
+            pool.run(paths[0], int)
+        for i in range(cycles):  # 3 namespaces, 2 workers: every call evicts one and spawns one
+            pool.run(paths[i % 3], int)
+    assert wait_for(lambda: _resources()[2] == children)
+    assert wait_for(lambda: _resources()[:2] == (fds, threads)), (_resources(), fds, threads)
+    assert _host_state() == host_before
+
+
+# -- R6 stress -------------------------------------------------------------
+
+
+def test_stress_mixed_calls_with_random_kills(make_netns: Callable[[], str]) -> None:
+    threads_n, calls, spaces = (64, 10_000, 50) if SOAK else (64, 60, 10)
+    paths = [f"/run/netns/{make_netns()}" for _ in range(spaces)]
+    expected = {p: Namespace.open(p).unique_id for p in paths}
+    home = os.readlink("/proc/self/ns/net")
+    deadline = time.monotonic() + (1800 if SOAK else 120)
+    errors: list[BaseException] = []
+    crashes = [0]
+    stop = threading.Event()
+    seen: set[str] = set()
+
+    with Pool(max_workers=spaces + 8) as pool:
+
+        def killer() -> None:
+            rng = random.Random(7)
+            while not stop.wait(0.05):
+                victims = [w.pid for w in pool.workers(memory=False)]
+                if victims:
+                    try:
+                        os.kill(rng.choice(victims), signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+
+        def sampler() -> None:
+            while not stop.is_set():
+                seen.update(thread_netns())
+                time.sleep(0.001)
+
+        def caller(i: int) -> None:
+            rng = random.Random(i)
+            loop = asyncio.new_event_loop()
+            try:
+                for _ in range(calls):
+                    if time.monotonic() > deadline:
+                        raise TimeoutError("global deadline")
+                    p = rng.choice(paths)
+                    how = rng.randrange(3)
+                    try:
+                        if how == 0:
+                            got = pool.run(p, my_netns)
+                        elif how == 1:
+                            got = pool.submit(p, my_netns).result(timeout=60)
+                        else:
+                            got = loop.run_until_complete(pool.arun(p, my_netns))
+                    except nsworkers.WorkerCrashedError:
+                        crashes[0] += 1
+                        continue
+                    assert got == expected[p], (got, p)
+            except BaseException as exc:
+                errors.append(exc)
+            finally:
+                loop.close()
+
+        helpers = [threading.Thread(target=killer), threading.Thread(target=sampler)]
+        callers = [threading.Thread(target=caller, args=(i,)) for i in range(threads_n)]
+        for t in helpers + callers:
+            t.start()
+        for t in callers:
+            t.join(timeout=max(1.0, deadline - time.monotonic()))
+        stop.set()
+        for t in helpers:
+            t.join()
+        assert not any(t.is_alive() for t in callers), "deadlock: callers still running at the deadline"
+    assert not errors, errors[:3]
+    assert seen == {home}
+
+
+# -- R7 IPC hygiene --------------------------------------------------------
+
+
+def _socket_inodes(pid_: int) -> set[int]:
+    out = set()
+    for fd in os.listdir(f"/proc/{pid_}/fd"):
+        try:
+            link = os.readlink(f"/proc/{pid_}/fd/{fd}")
+        except OSError:
+            continue
+        if link.startswith("socket:["):
+            out.add(int(link[8:-1]))
+    return out
+
+
+def test_no_listening_socket_and_no_ipc_path(pool: Pool, make_netns: Callable[[], str]) -> None:
+    for _ in range(3):
+        pool.run(f"/run/netns/{make_netns()}", pid)
+    ours = [os.getpid(), pool._spawner.zygote_pid, *(w.pid for w in pool.workers(memory=False))]  # type: ignore[attr-defined]
+    inodes = set().union(*(_socket_inodes(p) for p in ours))
+    with open("/proc/net/unix") as f:
+        next(f)
+        for line in f:
+            fields = line.split()
+            if int(fields[6]) in inodes:
+                assert len(fields) == 7, f"a unix socket with a path: {line}"  # 8th field is the path
+                assert int(fields[3], 16) & 0x10000 == 0, "a listening unix socket"  # __SO_ACCEPTCON
+    for p in ours:
+        for conn in psutil.Process(p).net_connections(kind="all"):
+            assert conn.status != psutil.CONN_LISTEN
+
+
+def test_every_library_fd_is_cloexec(pool: Pool, netns: str) -> None:
+    before = set(os.listdir("/proc/self/fd"))
+    ns = Namespace.open(netns)
+    pool.run(ns, pid)
+    sock = pool.socket(netns, socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        new = set(os.listdir("/proc/self/fd")) - before
+        assert len(new) >= 4  # the Namespace, a channel's two pipes, the socket (and the zygote's control socket)
+        checked = 0
+        for fd in new:
+            try:
+                with open(f"/proc/self/fdinfo/{fd}") as f:
+                    flags = int(next(line for line in f if line.startswith("flags:")).split()[1], 8)
+                link = os.readlink(f"/proc/self/fd/{fd}")
+            except FileNotFoundError:
+                continue  # the directory listing's own fd
+            assert flags & os.O_CLOEXEC, (fd, link)
+            checked += 1
+        assert checked >= 4
+    finally:
+        sock.close()
+        ns.close()
+
+
+def test_worker_fds_are_only_its_own(pool: Pool, netns: str) -> None:
+    worker = pool.run(netns, pid)
+    kinds = sorted(os.readlink(f"/proc/{worker}/fd/{fd}").split(":")[0] for fd in os.listdir(f"/proc/{worker}/fd"))
+    stdio = [k for k in kinds if not k.startswith(("pipe", "/proc"))]
+    assert kinds.count("pipe") >= 2 and len(stdio) <= 3, kinds
+    mode = os.stat(f"/proc/{worker}/fd/0").st_mode
+    assert not stat.S_ISSOCK(mode)
