@@ -10,6 +10,8 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator
 
+import shutil
+
 import psutil
 import pytest
 
@@ -17,6 +19,34 @@ import nsworkers
 
 PREFIX = f"nswt{os.getpid()}-"
 _counter = itertools.count()
+IN_USERNS = os.environ.get("NSW_TEST_USERNS") == "1"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Without root, run the whole session as root of a new user namespace with its own net and mount namespaces.
+
+    `unshare -Urnm` is open to unprivileged users here; a tmpfs on /run gives
+    `ip netns` a /run/netns of its own. The privileged tests then really run
+    (real namespaces, real netlink) instead of being skipped.
+    """
+    if os.geteuid() == 0 or IN_USERNS or os.environ.get("NSW_TEST_NO_USERNS") == "1":
+        return
+    unshare = shutil.which("unshare")
+    if unshare is None or subprocess.run([unshare, "-Urnm", "true"], capture_output=True, check=False).returncode:
+        return
+    import tempfile
+
+    private_tmp = tempfile.mkdtemp(prefix="nsw-userns-")  # /tmp/pytest-of-root may belong to the real root
+    env = dict(os.environ, NSW_TEST_USERNS="1", TMPDIR=private_tmp, PYTEST_DEBUG_TEMPROOT=private_tmp)
+    script = 'mount -t tmpfs nsw-run /run && exec "$@"'
+    args = [str(a) for a in config.invocation_params.args]
+    capture = config.pluginmanager.getplugin("capturemanager")
+    if capture is not None:
+        capture.suspend_global_capture(in_=True)  # hand the real stdout/stderr to the new process
+    os.chdir(config.invocation_params.dir)
+    os.execve(unshare, [unshare, "-Urnm", "sh", "-c", script, "sh", sys.executable, "-m", "pytest", *args], env)
+
+
 IS_ROOT = os.geteuid() == 0
 
 

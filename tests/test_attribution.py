@@ -103,7 +103,10 @@ def docker_like_process() -> Iterator[tuple[int, str]]:
         pytest.skip("no cgroup v1 pids hierarchy here")
     cid = os.urandom(32).hex()
     group = hierarchy / "docker" / cid
-    group.mkdir(parents=True)
+    try:
+        group.mkdir(parents=True)
+    except PermissionError:
+        pytest.skip("making a cgroup needs the real root (the layouts are tested on recorded paths above)")
     proc = subprocess.Popen(["unshare", "-n", "sleep", "60"])
     try:
         home = os.readlink("/proc/self/ns/net")
