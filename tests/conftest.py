@@ -6,11 +6,10 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
-
-import shutil
 
 import psutil
 import pytest
