@@ -26,6 +26,7 @@ from ._pool import default_pool as default_pool
 from ._pool import run as run
 from .errors import AmbiguousContainerError as AmbiguousContainerError
 from .errors import InvalidTargetError as InvalidTargetError
+from .errors import LinkNotFoundError as LinkNotFoundError
 from .errors import NamespaceClosedError as NamespaceClosedError
 from .errors import NamespaceError as NamespaceError
 from .errors import NamespaceExistsError as NamespaceExistsError
@@ -33,6 +34,7 @@ from .errors import NamespaceJoinError as NamespaceJoinError
 from .errors import NamespaceNotFoundError as NamespaceNotFoundError
 from .errors import NamespacePermissionError as NamespacePermissionError
 from .errors import NamespaceTypeError as NamespaceTypeError
+from .errors import NetlinkWriteError as NetlinkWriteError
 from .errors import NotANamespaceError as NotANamespaceError
 from .errors import NsWorkersError as NsWorkersError
 from .errors import PoolClosedError as PoolClosedError
@@ -54,6 +56,7 @@ if TYPE_CHECKING:
     from ._discover import discover as discover
     from ._inspect import inspect as inspect
     from ._inspect import network_namespaces as network_namespaces
+    from ._watch import watch as watch
 
 __version__ = "0.1.0"
 
@@ -63,6 +66,7 @@ _LAZY = {
     "Attribution": ("._attribution", "Attribution"),
     "DiscoveredNamespace": ("._discover", "DiscoveredNamespace"),
     "network_namespaces": ("._inspect", "network_namespaces"),
+    "watch": ("._watch", "watch"),
     "netlink": (".netlink", None),
     "netns": (".netns", None),
     "cli": (".cli", None),
@@ -88,6 +92,7 @@ __all__ = (
     "Attribution",
     "DiscoveredNamespace",
     "InvalidTargetError",
+    "LinkNotFoundError",
     "Namespace",
     "NamespaceClosedError",
     "NamespaceError",
@@ -97,6 +102,7 @@ __all__ = (
     "NamespacePermissionError",
     "NamespaceType",
     "NamespaceTypeError",
+    "NetlinkWriteError",
     "NotANamespaceError",
     "NsWorkersError",
     "Pool",
@@ -120,4 +126,5 @@ __all__ = (
     "netns",
     "network_namespaces",
     "run",
+    "watch",
 )

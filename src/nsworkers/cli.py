@@ -22,6 +22,7 @@ examples:
   nsworkers inspect                        links, addresses, routes of every network namespace
   nsworkers inspect blue red --what links,neighbours --format jsonl
   nsworkers inspect /proc/1234/ns/net --format table
+  nsworkers watch blue red --what links,addresses   change events as JSON lines, until Ctrl-C
   nsworkers ls                             every network namespace: named, held by a process, thread,
                                            bind mount or open fd
   nsworkers ls --type all --json           every namespace of every type, as JSON
@@ -196,6 +197,31 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     return EXIT_FAILED if failed else EXIT_OK
 
 
+def _cmd_watch(args: argparse.Namespace) -> int:
+    import time
+
+    from ._watch import watch
+
+    namespaces = args.namespaces if args.namespaces and not args.all else None
+    what = [w for w in args.what if w in ("links", "addresses", "routes", "neighbours")]
+    if not what:
+        raise SystemExit("nsworkers watch: --what takes links, addresses, routes, neighbours")
+    end = None if args.duration is None else time.monotonic() + args.duration
+    seen = 0
+    stream = watch(namespaces, what, poll=0.5 if end is not None else 1.0)
+    try:
+        for event in stream:
+            sys.stdout.write(json.dumps(event) + "\n")
+            sys.stdout.flush()
+            if event["event"] in ("new", "del"):
+                seen += 1
+            if (args.count and seen >= args.count) or (end is not None and time.monotonic() >= end):
+                break
+    finally:
+        stream.close()
+    return EXIT_OK
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from ._demo import demo
 
@@ -248,6 +274,24 @@ def build_parser() -> argparse.ArgumentParser:
     ins.add_argument("--timeout", type=float, default=30.0, help="seconds per namespace (default: 30)")
     _add_filters(ins)
     ins.set_defaults(func=_cmd_inspect)
+
+    wat = sub.add_parser(
+        "watch",
+        help="one merged stream of link/address/route/neighbour changes from many namespaces (JSON lines)",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    wat.add_argument("namespaces", nargs="*", type=_target, metavar="NS", help="a name in /run/netns or a path")
+    wat.add_argument("--all", action="store_true", help="every network namespace, also ones that appear (the default)")
+    wat.add_argument(
+        "--what",
+        type=_sections,
+        default=["links", "addresses", "routes", "neighbours"],
+        help="comma-separated: links,addresses,routes,neighbours (default: all four)",
+    )
+    wat.add_argument("--count", type=int, default=0, help="stop after this many change events")
+    wat.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    wat.set_defaults(func=_cmd_watch)
 
     demo = sub.add_parser(
         "demo",

@@ -20,6 +20,8 @@ working::
     │   ├── WorkerStartError            (RuntimeError)       could not start a worker or the zygote
     │   └── WorkerStateError            (RuntimeError)       the callable moved the worker to another namespace
     ├── InvalidTargetError              (TypeError)          a target that is not a path, Namespace or sequence of them
+    ├── LinkNotFoundError               (LookupError)        netlink.link() of an interface that does not exist
+    ├── NetlinkWriteError               (OSError)            the kernel refused a netlink write (errno kept)
     ├── SerializationError              (pickle.PickleError) argument / result / callable cannot be sent
     ├── ProtocolError                   (RuntimeError)       a malformed frame on a worker channel
     ├── RemoteError                     (RuntimeError)       a remote exception that could not be sent as itself
@@ -37,6 +39,7 @@ import pickle
 __all__ = (
     "AmbiguousContainerError",
     "InvalidTargetError",
+    "LinkNotFoundError",
     "NamespaceClosedError",
     "NamespaceError",
     "NamespaceExistsError",
@@ -44,6 +47,7 @@ __all__ = (
     "NamespaceNotFoundError",
     "NamespacePermissionError",
     "NamespaceTypeError",
+    "NetlinkWriteError",
     "NotANamespaceError",
     "NsWorkersError",
     "PoolClosedError",
@@ -127,6 +131,14 @@ class WorkerStateError(WorkerError, RuntimeError):
 
 class InvalidTargetError(NsWorkersError, TypeError):
     """A target is neither a path, a ``Namespace`` nor a sequence of ``Namespace``."""
+
+
+class LinkNotFoundError(NsWorkersError, LookupError):
+    """:func:`nsworkers.netlink.link` found no interface of that name or index."""
+
+
+class NetlinkWriteError(NsWorkersError, OSError):
+    """The kernel refused a netlink write; ``errno`` is the kernel's, the message names the namespace."""
 
 
 class SerializationError(NsWorkersError, pickle.PickleError):

@@ -23,7 +23,7 @@ import logging
 import os
 import socket
 import struct
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 __all__ = (
@@ -32,12 +32,15 @@ __all__ = (
     "Dump",
     "addresses",
     "conntrack",
+    "conntrack_delete",
+    "link",
     "links",
     "neighbours",
     "routes",
     "rules",
     "snapshot",
     "sysctl",
+    "watch_events",
     "xfrm_policies",
     "xfrm_states",
 )
@@ -351,6 +354,21 @@ def links(attempts: int = DEFAULT_ATTEMPTS) -> Dump:
     return _result([_link_record(m, names, flags, True) for m in msgs], interrupted, used)
 
 
+def link(name_or_index: str | int, attempts: int = DEFAULT_ATTEMPTS) -> Record:
+    """One interface by name or index, like ``ip -j link show dev NAME`` (a single record).
+
+    Raises :class:`~nsworkers.errors.LinkNotFoundError` if there is none.
+    """
+    from .errors import LinkNotFoundError
+
+    key = "ifindex" if isinstance(name_or_index, int) and not isinstance(name_or_index, bool) else "ifname"
+    for rec in links(attempts):
+        if rec[key] == name_or_index:
+            return rec
+    here = os.readlink("/proc/thread-self/ns/net")
+    raise LinkNotFoundError(f"no interface {name_or_index!r} in {here}")
+
+
 def _link_maps(msgs: list[Any]) -> tuple[dict[int, str], dict[int, int]]:
     return {m["index"]: m.get_attr("IFLA_IFNAME") for m in msgs}, {m["index"]: m["flags"] for m in msgs}
 
@@ -627,8 +645,63 @@ def _ct_tuple(t: Any) -> Record:
     return out
 
 
-def conntrack(family: int | None = None) -> list[Record]:
-    """Connection tracking entries of the namespace, IPv4 then IPv6.
+def _ct_record(entry: Any, fam: int) -> Record:
+    proto = entry.tuple_orig.proto
+    rec: Record = {
+        "family": "ipv4" if fam == socket.AF_INET else "ipv6",
+        "protocol": _CT_PROTOS.get(proto, str(proto)),
+    }
+    if entry.protoinfo is not None:
+        state = entry.protoinfo.state
+        rec["state"] = _TCP_STATES[state] if state is not None and state < len(_TCP_STATES) else state
+    rec["timeout"] = entry.timeout
+    rec["original"] = _ct_tuple(entry.tuple_orig)
+    rec["reply"] = _ct_tuple(entry.tuple_reply)
+    rec["status"] = [name for bit, name in _CT_STATUS if (entry.status or 0) & bit]
+    rec["mark"] = entry.mark or 0
+    rec["zone"] = entry.zone or 0
+    rec["id"] = entry.id
+    rec["use"] = entry.use
+    return rec
+
+
+def _ct_matches(rec: Record, filters: dict[str, Any]) -> bool:
+    orig = rec["original"]
+    for key, want in filters.items():
+        if want is None:
+            continue
+        if key == "address":
+            if want not in (orig.get("src"), orig.get("dst"), rec["reply"].get("src"), rec["reply"].get("dst")):
+                return False
+        elif key == "port":
+            if want not in (orig.get("sport"), orig.get("dport")):
+                return False
+        elif key in ("src", "dst", "sport", "dport"):
+            if orig.get(key) != want:
+                return False
+        elif rec.get(key) != want:
+            return False
+    return True
+
+
+def _ct_entries(family: int | None, filters: dict[str, Any]) -> Iterable[tuple[Any, Any, Record]]:
+    from pyroute2 import Conntrack
+
+    unknown = set(filters) - {"address", "src", "dst", "port", "sport", "dport", "protocol", "zone", "mark"}
+    if unknown:
+        raise TypeError(f"unknown conntrack filter(s): {sorted(unknown)}")
+    for fam in (socket.AF_INET, socket.AF_INET6) if family is None else (family,):
+        with Conntrack(nfgen_family=fam) as ct:
+            for entry in list(ct.dump_entries()):
+                if entry.tuple_orig.family != fam:
+                    continue
+                rec = _ct_record(entry, fam)
+                if _ct_matches(rec, filters):
+                    yield ct, entry, rec
+
+
+def conntrack(family: int | None = None, **filters: Any) -> list[Record]:
+    """Connection tracking entries of the namespace, IPv4 then IPv6, optionally filtered.
 
     ``conntrack -L`` prints no JSON; each entry here is::
 
@@ -637,35 +710,41 @@ def conntrack(family: int | None = None) -> list[Record]:
          "reply": {...}, "status": ["ASSURED", "CONFIRMED"], "mark": 0, "zone": 0, "id": ..., "use": 1}
 
     ``state`` is present for TCP only; ICMP tuples carry ``type``/``code``/``id``
-    instead of ports. Empty until something makes the kernel track connections
-    (a ``ct`` rule, or entries added through ctnetlink).
+    instead of ports. Filters (all given ones must match): ``address`` (either
+    end, either direction), ``src``, ``dst``, ``port`` (either end),
+    ``sport``, ``dport`` (of the original direction), ``protocol``
+    (``"tcp"``...), ``zone``, ``mark``. Empty until something makes the kernel
+    track connections (a ``ct`` rule, or entries added through ctnetlink).
     """
-    from pyroute2 import Conntrack
+    return [rec for _, _, rec in _ct_entries(family, filters)]
 
-    out: list[Record] = []
-    for fam in (socket.AF_INET, socket.AF_INET6) if family is None else (family,):
-        with Conntrack(nfgen_family=fam) as ct:
-            for entry in ct.dump_entries():
-                if entry.tuple_orig.family != fam:
-                    continue
-                proto = entry.tuple_orig.proto
-                rec: Record = {
-                    "family": "ipv4" if fam == socket.AF_INET else "ipv6",
-                    "protocol": _CT_PROTOS.get(proto, str(proto)),
-                }
-                if entry.protoinfo is not None:
-                    state = entry.protoinfo.state
-                    rec["state"] = _TCP_STATES[state] if state is not None and state < len(_TCP_STATES) else state
-                rec["timeout"] = entry.timeout
-                rec["original"] = _ct_tuple(entry.tuple_orig)
-                rec["reply"] = _ct_tuple(entry.tuple_reply)
-                rec["status"] = [name for bit, name in _CT_STATUS if (entry.status or 0) & bit]
-                rec["mark"] = entry.mark or 0
-                rec["zone"] = entry.zone or 0
-                rec["id"] = entry.id
-                rec["use"] = entry.use
-                out.append(rec)
-    return out
+
+def conntrack_delete(family: int | None = None, **filters: Any) -> int:
+    """Delete the conntrack entries matching *filters* (as :func:`conntrack`); return how many went.
+
+    A write: it runs only when called. At least one filter is required, so
+    a bare call cannot flush the table by accident. A kernel refusal raises
+    :class:`~nsworkers.errors.NetlinkWriteError` naming the namespace and the errno.
+    """
+    if not any(v is not None for v in filters.values()):
+        raise ValueError("conntrack_delete() needs at least one filter (address, port, protocol, zone, mark ...)")
+    deleted = 0
+    for ct, entry, _ in _ct_entries(family, filters):
+        try:
+            ct.delete(entry)
+        except OSError as exc:
+            if exc.errno == 2:  # ENOENT: it expired meanwhile
+                continue
+            raise _write_error("conntrack delete", exc) from exc
+        deleted += 1
+    return deleted
+
+
+def _write_error(what: str, exc: OSError) -> Exception:
+    from .errors import NetlinkWriteError
+
+    here = os.readlink("/proc/thread-self/ns/net")
+    return NetlinkWriteError(exc.errno or 0, f"{what} in {here} failed: {os.strerror(exc.errno or 0)}")
 
 
 # ---------------------------------------------------------------------------
@@ -837,6 +916,115 @@ def xfrm_states(attempts: int = DEFAULT_ATTEMPTS) -> Dump:
     Keys and algorithms are deliberately left out of the records.
     """
     return _xfrm_records("xfrm state", _XFRM_MSG_GETSA, _state, attempts)
+
+
+# ---------------------------------------------------------------------------
+# change events (rtnetlink multicast groups, read inside the worker)
+
+_GROUPS = {  # section -> RTMGRP_* bits
+    "links": 0x1,
+    "neighbours": 0x4,
+    "addresses": 0x10 | 0x100,
+    "routes": 0x40 | 0x400,
+}
+_EVENT_KINDS = {  # message type -> (event, kind)
+    16: ("new", "link"),
+    17: ("del", "link"),
+    20: ("new", "address"),
+    21: ("del", "address"),
+    24: ("new", "route"),
+    25: ("del", "route"),
+    28: ("new", "neighbour"),
+    29: ("del", "neighbour"),
+}
+_watch: Any = None  # (socket, groups mask, pid)
+_watch_names: dict[int, str] = {}
+_watch_flags: dict[int, int] = {}
+
+
+def watch_events(
+    what: Sequence[str] = ("links", "addresses", "routes", "neighbours"), timeout: float = 1.0
+) -> list[Record]:
+    """Runs in a worker: the change events of this namespace since the previous call.
+
+    The first call subscribes to the rtnetlink multicast groups of *what*
+    and returns at once (``[]``); later calls block until an event arrives or
+    *timeout* passes, then return everything queued, in kernel order::
+
+        {"event": "new"|"del", "kind": "link"|"address"|"route"|"neighbour", "record": {... like ip -j ...}}
+
+    If the kernel dropped events because the reader fell behind (ENOBUFS),
+    one ``{"event": "overrun"}`` says so: a fresh snapshot is then needed.
+    """
+    global _watch
+    import select
+
+    from . import _rtnl
+
+    unknown = [w for w in what if w not in _GROUPS]
+    if unknown:
+        raise ValueError(f"unknown section(s) {unknown}; choose from {sorted(_GROUPS)}")
+    mask = 0
+    for section in what:
+        mask |= _GROUPS[section]
+    if _watch is None or _watch[1] != mask or _watch[2] != os.getpid():
+        if _watch is not None:
+            _watch[0].close()
+        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, socket.NETLINK_ROUTE)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        sock.bind((0, mask))
+        sock.setblocking(False)
+        _watch = (sock, mask, os.getpid())
+        names, flags = _link_maps(_link_msgs(DEFAULT_ATTEMPTS)[0])
+        _watch_names.clear()
+        _watch_names.update(names)
+        _watch_flags.clear()
+        _watch_flags.update(flags)
+        return []
+    sock = _watch[0]
+    if not select.select([sock], [], [], timeout)[0]:
+        return []
+    out: list[Record] = []
+    while True:
+        try:
+            data = sock.recv(1 << 16)
+        except BlockingIOError:
+            return out
+        except OSError as exc:
+            if exc.errno == 105:  # ENOBUFS: the kernel dropped events
+                out.append({"event": "overrun"})
+                continue
+            raise
+        offset = 0
+        while offset + 16 <= len(data):
+            length, kind, flags, _seq, _pid = struct.unpack_from("=IHHII", data, offset)
+            if length < 16:
+                break
+            if kind in _EVENT_KINDS:
+                msg = _rtnl._parse(kind & ~1, flags, data[offset + 16 : offset + length])  # DEL* -> NEW* layout
+                out.append(_event(kind, msg))
+            offset += (length + 3) & ~3
+
+
+def _event(kind: int, msg: Any) -> Record:
+    event, what = _EVENT_KINDS[kind]
+    if what == "link":
+        name = msg.get_attr("IFLA_IFNAME")
+        if event == "new":
+            _watch_names[msg["index"]] = name
+            _watch_flags[msg["index"]] = msg["flags"]
+        record = _link_record(msg, _watch_names, _watch_flags, True)
+        if event == "del":
+            _watch_names.pop(msg["index"], None)
+            _watch_flags.pop(msg["index"], None)
+    elif what == "address":
+        record = _addr_record(msg)
+        record["dev"] = _watch_names.get(msg["index"], f"if{msg['index']}")
+    elif what == "route":
+        record = _route_record(msg, _watch_names)
+    else:
+        record = _neigh_record(msg, _watch_names)
+    return {"event": event, "kind": what, "record": record}
 
 
 # ---------------------------------------------------------------------------
