@@ -8,6 +8,7 @@ import socket
 import subprocess
 import threading
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -100,7 +101,7 @@ def test_rules_both_families(npool: Pool, topology: str) -> None:
 
 def test_sysctl_is_per_namespace(npool: Pool, make_netns: Callable[[], str]) -> None:
     ns = make_netns()
-    ip("netns", "exec", ns, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+    npool.run(f"/run/netns/{ns}", Path("/proc/sys/net/ipv4/ip_forward").write_text, "1\n")
     assert npool.run(f"/run/netns/{ns}", netlink.sysctl, "net.ipv4.ip_forward") == "1"
     assert npool.run(f"/run/netns/{ns}", netlink.sysctl, "net/ipv4/conf/lo/forwarding") == "1"
     other = make_netns()

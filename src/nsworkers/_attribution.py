@@ -188,25 +188,22 @@ def _enrich(found: Attribution) -> None:
         except (OSError, ValueError):
             continue
         notes = {**state.get("annotations", {}), **(state.get("Config", {}) or {}).get("Labels", {})}
-        found.pod_name = (
-            found.pod_name or notes.get("io.kubernetes.cri.sandbox-name") or notes.get("io.kubernetes.pod.name")
+        found.pod_name = found.pod_name or _first(notes, "io.kubernetes.cri.sandbox-name", "io.kubernetes.pod.name")
+        found.pod_namespace = found.pod_namespace or _first(
+            notes, "io.kubernetes.cri.sandbox-namespace", "io.kubernetes.pod.namespace"
         )
-        found.pod_namespace = (
-            found.pod_namespace
-            or notes.get("io.kubernetes.cri.sandbox-namespace")
-            or notes.get("io.kubernetes.pod.namespace")
-        )
-        found.pod_uid = (
-            found.pod_uid or notes.get("io.kubernetes.cri.sandbox-uid") or notes.get("io.kubernetes.pod.uid")
-        )
+        found.pod_uid = found.pod_uid or _first(notes, "io.kubernetes.cri.sandbox-uid", "io.kubernetes.pod.uid")
         found.container_name = (
             found.container_name
-            or notes.get("io.kubernetes.cri.container-name")
-            or notes.get("io.kubernetes.container.name")
+            or _first(notes, "io.kubernetes.cri.container-name", "io.kubernetes.container.name")
             or (state.get("Name") or "").lstrip("/")
             or None
         )
         return
+
+
+def _first(notes: dict[str, Any], *keys: str) -> Any:
+    return next((notes[k] for k in keys if notes.get(k)), None)
 
 
 def container_processes() -> dict[str, list[int]]:

@@ -228,6 +228,18 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return demo(sys.stdout)
 
 
+def _subcommand(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = sub.add_parser(
+        name, help=help_text, epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    return parser
+
+
+def _add_targets(parser: argparse.ArgumentParser, all_help: str) -> None:
+    parser.add_argument("namespaces", nargs="*", type=_target, metavar="NS", help="a name in /run/netns or a path")
+    parser.add_argument("--all", action="store_true", help=all_help)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -255,14 +267,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_filters(ls)
     ls.set_defaults(func=_cmd_ls)
 
-    ins = sub.add_parser(
-        "inspect",
-        help="links, addresses, routes ... of many network namespaces, as JSON or a table",
-        epilog=_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    ins.add_argument("namespaces", nargs="*", type=_target, metavar="NS", help="a name in /run/netns or a path")
-    ins.add_argument("--all", action="store_true", help="every network namespace on the host (the default)")
+    ins = _subcommand(sub, "inspect", "links, addresses, routes ... of many network namespaces, as JSON or a table")
+    _add_targets(ins, "every network namespace on the host (the default)")
     ins.add_argument(
         "--what",
         type=_sections,
@@ -275,14 +281,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_filters(ins)
     ins.set_defaults(func=_cmd_inspect)
 
-    wat = sub.add_parser(
-        "watch",
-        help="one merged stream of link/address/route/neighbour changes from many namespaces (JSON lines)",
-        epilog=_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    wat = _subcommand(
+        sub, "watch", "one merged stream of link/address/route/neighbour changes from many namespaces (JSON lines)"
     )
-    wat.add_argument("namespaces", nargs="*", type=_target, metavar="NS", help="a name in /run/netns or a path")
-    wat.add_argument("--all", action="store_true", help="every network namespace, also ones that appear (the default)")
+    _add_targets(wat, "every network namespace, also ones that appear (the default)")
     wat.add_argument(
         "--what",
         type=_sections,

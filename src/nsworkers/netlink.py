@@ -538,28 +538,26 @@ def neighbours(family: int | None = None, attempts: int = DEFAULT_ATTEMPTS) -> D
     return _result(out, li or i, max(lu, u))
 
 
+def _rule_prefix(rec: Record, key: str, addr: str | None, length: int, family: int) -> bool:
+    """Set ``rec[key]`` (and ``rec[key + "len"]``) the way ``ip rule`` prints a selector; False if none."""
+    if addr is None and not length:
+        rec[key] = "all"
+        return False
+    rec[key] = addr if addr is not None else "0"
+    if addr is None or length != _HOST_LEN[family]:
+        rec[f"{key}len"] = length
+    return True
+
+
 def _rule_record(msg: Any) -> Record:
     a = _attrs(msg)
     family = msg["family"]
     rec: Record = {"priority": a.get("FRA_PRIORITY", 0)}
     if msg["flags"] & 0x2:
         rec["not"] = None
-    if "FRA_SRC" in a:
-        rec["src"] = a["FRA_SRC"]
-        if msg["src_len"] != _HOST_LEN[family]:
-            rec["srclen"] = msg["src_len"]
-    elif msg["src_len"]:
-        rec["src"] = "0"
-        rec["srclen"] = msg["src_len"]
-    else:
-        rec["src"] = "all"
-    if "FRA_DST" in a:
-        rec["dst"] = a["FRA_DST"]
-        if msg["dst_len"] != _HOST_LEN[family]:
-            rec["dstlen"] = msg["dst_len"]
-    elif msg["dst_len"]:
-        rec["dst"] = "0"
-        rec["dstlen"] = msg["dst_len"]
+    _rule_prefix(rec, "src", a.get("FRA_SRC"), msg["src_len"], family)
+    if not _rule_prefix(rec, "dst", a.get("FRA_DST"), msg["dst_len"], family):
+        del rec["dst"]  # ip prints "from all" but no "to all"
     if msg["tos"]:
         rec["tos"] = hex(msg["tos"])
     if "FRA_FWMARK" in a or "FRA_FWMASK" in a:
@@ -853,20 +851,25 @@ def _policy(payload: bytes) -> Record:
     for blob in attrs.get(_XFRMA_TMPL, []):
         for off in range(0, len(blob) - _TMPL.size + 1, _TMPL.size):
             daddr, spi, proto, family, saddr, reqid, mode, _share2, optional, _a, _e, _c = _TMPL.unpack_from(blob, off)
-            tmpl: Record = {
-                "src": _xfrm_addr(saddr, family),
-                "dst": _xfrm_addr(daddr, family),
-                "proto": _IPPROTO_NAMES.get(proto, str(proto)),
-                "spi": f"0x{socket.ntohl(spi):08x}",
-                "reqid": reqid,
-                "mode": _XFRM_MODES.get(mode, str(mode)),
-            }
+            tmpl = _xfrm_id(saddr, daddr, family, proto, spi, reqid, mode)
             if optional:
                 tmpl["level"] = "use"
             templates.append(tmpl)
     rec["tmpl"] = templates
     _xfrm_common(rec, attrs)
     return rec
+
+
+def _xfrm_id(saddr: bytes, daddr: bytes, family: int, proto: int, spi: int, reqid: int, mode: int) -> Record:
+    """The fields an SA and a policy template share, as ``ip xfrm`` names them."""
+    return {
+        "src": _xfrm_addr(saddr, family),
+        "dst": _xfrm_addr(daddr, family),
+        "proto": _IPPROTO_NAMES.get(proto, str(proto)),
+        "spi": f"0x{socket.ntohl(spi):08x}",
+        "reqid": reqid,
+        "mode": _XFRM_MODES.get(mode, str(mode)),
+    }
 
 
 def _xfrm_common(rec: Record, attrs: dict[int, list[bytes]]) -> None:
@@ -882,17 +885,8 @@ def _state(payload: bytes) -> Record:
     daddr, spi, proto = struct.unpack_from("=16sIB", payload, 56)
     saddr = payload[80:96]
     reqid, family, mode, replay_window, flags = struct.unpack_from("=IHBBB", payload, 208)
-    rec: Record = {
-        "src": _xfrm_addr(saddr, family),
-        "dst": _xfrm_addr(daddr, family),
-        "proto": _IPPROTO_NAMES.get(proto, str(proto)),
-        "spi": f"0x{socket.ntohl(spi):08x}",
-        "reqid": reqid,
-        "mode": _XFRM_MODES.get(mode, str(mode)),
-        "replay_window": replay_window,
-        "flags": flags,
-        "sel": sel,
-    }
+    rec = _xfrm_id(saddr, daddr, family, proto, spi, reqid, mode)
+    rec.update({"replay_window": replay_window, "flags": flags, "sel": sel})
     _xfrm_common(rec, _xfrm_attrs(payload, _SA_INFO))
     return rec
 
