@@ -330,6 +330,63 @@ def bench_snapshots(spaces: Namespaces, reps: int, sizes: list[int]) -> list[dic
 
 
 # ---------------------------------------------------------------------------
+# P5: memory
+
+
+def _uss_of_children() -> int:
+    import psutil
+
+    total = 0
+    for child in psutil.Process().children(recursive=True):
+        try:
+            total += child.memory_full_info().uss
+        except psutil.Error:
+            pass
+    return total
+
+
+def bench_memory(spaces: Namespaces, sweep: int) -> list[dict[str, Any]]:
+    """Idle and post-snapshot worker USS, and the peak total over a sweep with default settings."""
+    import threading
+
+    from nsworkers import netlink
+
+    (path,) = spaces.make(1)
+    with nsworkers.Pool(preload=("nsworkers.netlink", "nsworkers._rtnl")) as pool:
+        pool.run(path, int)
+        idle = pool.workers()[0].uss or 0
+        pool.run(path, netlink.snapshot)
+        after = pool.workers()[0].uss or 0
+    paths = spaces.make(sweep)
+    peak = [0]
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.wait(0.05):
+            peak[0] = max(peak[0], _uss_of_children())
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    start = time.perf_counter()
+    try:
+        count = sum(1 for entry in nsworkers.inspect(paths, what=WHAT) if entry["ok"])
+    finally:
+        stop.set()
+        sampler.join()
+    elapsed = time.perf_counter() - start
+    spaces.remove()
+    mib = 1 << 20
+    return [
+        {"scenario": "P5 memory", "contender": "idle worker USS", "median": idle / mib, "unit": "MiB", "ratio": 1.0,
+         "samples": 1},
+        {"scenario": "P5 memory", "contender": "worker USS after a snapshot", "median": after / mib, "unit": "MiB",
+         "ratio": after / idle if idle else 0.0, "samples": 1},
+        {"scenario": "P5 memory", "contender": f"peak USS of all workers, sweep of {count} ns ({elapsed:.1f} s)",
+         "median": peak[0] / mib, "unit": "MiB", "ratio": peak[0] / idle if idle else 0.0, "samples": 1},
+    ]  # fmt: skip
+
+
+# ---------------------------------------------------------------------------
 # D: discovery against lsns
 
 
@@ -413,10 +470,12 @@ def main() -> None:
     parser.add_argument(
         "scenarios",
         nargs="*",
-        default=["p1", "p2", "p3", "d"],
-        help="p1 (round trip), p2 (cold start), p3 (cold and warm snapshots of many namespaces), d (discovery)",
+        default=["p1", "p2", "p3", "p5", "d"],
+        help="p1 (round trip), p2 (cold start), p3 (cold and warm snapshots of many namespaces), p5 (memory), "
+        "d (discovery)",
     )
     parser.add_argument("--sizes", default="100,1000", help="namespace counts for p3 (default: 100,1000)")
+    parser.add_argument("--sweep", type=int, default=10000, help="namespaces in the p5 sweep (default: 10000)")
     parser.add_argument("--reps", type=int, default=5, help="repetitions per contender (interleaved)")
     parser.add_argument("--calls", type=int, default=5000, help="calls per P1 repetition")
     parser.add_argument("--cold", type=int, default=20, help="cold workers per P2 repetition")
@@ -429,6 +488,8 @@ def main() -> None:
             rows += bench_p1(spaces, args.reps, args.calls)
         if "p2" in args.scenarios:
             rows += bench_p2(spaces, args.reps, args.cold)
+        if "p5" in args.scenarios:
+            rows += bench_memory(spaces, args.sweep)
         if "d" in args.scenarios:
             rows += bench_discovery(spaces, args.reps, 500, 1000)
         if "p3" in args.scenarios:
