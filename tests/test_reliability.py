@@ -28,6 +28,7 @@ from .conftest import ip, thread_netns, wait_for
 
 pytestmark = pytest.mark.privileged
 SOAK = os.environ.get("NSW_SOAK") == "1"
+NET = "/proc/self/ns/net"
 
 
 def pid() -> int:
@@ -252,9 +253,9 @@ def test_stress_mixed_calls_with_random_kills(make_netns: Callable[[], str]) -> 
                         pass
 
         def sampler() -> None:
-            while not stop.is_set():
+            # every 10 ms: a tighter loop holds the GIL so much that it measures itself, not the pool
+            while not stop.wait(0.01):
                 seen.update(thread_netns())
-                time.sleep(0.001)
 
         def caller(i: int) -> None:
             rng = random.Random(i)
@@ -265,13 +266,15 @@ def test_stress_mixed_calls_with_random_kills(make_netns: Callable[[], str]) -> 
                         raise TimeoutError("global deadline")
                     p = rng.choice(paths)
                     how = rng.randrange(3)
+                    # os.readlink, not a function of this module: a respawned worker would import
+                    # the test module (and pytest) on its first call, and kills respawn often
                     try:
                         if how == 0:
-                            got = pool.run(p, my_netns)
+                            got = pool.run(p, os.readlink, NET)
                         elif how == 1:
-                            got = pool.submit(p, my_netns).result(timeout=60)
+                            got = pool.submit(p, os.readlink, NET).result(timeout=60)
                         else:
-                            got = loop.run_until_complete(pool.arun(p, my_netns))
+                            got = loop.run_until_complete(pool.arun(p, os.readlink, NET))
                     except nsworkers.WorkerCrashedError:
                         crashes[0] += 1
                         continue
@@ -358,3 +361,37 @@ def test_worker_fds_are_only_its_own(pool: Pool, netns: str) -> None:
     assert kinds.count("pipe") >= 2 and len(stdio) <= 3, kinds
     mode = os.stat(f"/proc/{worker}/fd/0").st_mode
     assert not stat.S_ISSOCK(mode)
+
+
+def test_shutdown_after_workers_died_twice_before_a_call(netns: str) -> None:
+    # Regression (found by the soak): a call whose worker *and* its replacement died
+    # before the request was sent left the pool's in-flight count raised, so
+    # shutdown(wait=True) never returned.
+    pool = Pool()
+    first = pool.run(netns, pid)
+    os.kill(first, signal.SIGKILL)
+    assert wait_for(lambda: _gone(first))
+    real_start = pool._start_worker
+
+    def start_then_die(*args: Any) -> Any:
+        worker = real_start(*args)  # ready, then killed before the retried request is sent
+        os.kill(worker.pid, signal.SIGKILL)
+        assert wait_for(lambda: _gone(worker.pid))
+        return worker
+
+    pool._start_worker = start_then_die  # type: ignore[method-assign, assignment]
+    with pytest.raises(nsworkers.WorkerCrashedError, match="died twice"):
+        pool.run(netns, pid)
+    pool._start_worker = real_start  # type: ignore[method-assign]
+    assert pool.run(netns, pid) not in (first, None)
+    closer = threading.Thread(target=pool.shutdown, daemon=True)
+    closer.start()
+    closer.join(10)
+    assert not closer.is_alive(), "shutdown hung: an in-flight call was never counted as done"
+
+
+def _gone(pid_: int) -> bool:
+    try:
+        return psutil.Process(pid_).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True

@@ -550,7 +550,7 @@ class Pool:
             except _StaleWorker:
                 # It died while idle (killed, OOM, its zygote gone) before our request
                 # reached it: the call never started, so one retry on a fresh worker is safe.
-                self._release(worker, False, done=False)
+                self._release(worker, False, done=bool(attempt))
                 if attempt:
                     raise WorkerCrashedError(
                         f"the worker for {worker.label} died twice before starting {call.name}()"
