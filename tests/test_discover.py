@@ -219,3 +219,22 @@ def test_cli_ls(make_netns: Callable[[], str]) -> None:
         check=False,
     )
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
+
+
+def test_pid_namespace_worker_holds_only_its_own_fds(spawn: Callable[..., subprocess.Popen[str]]) -> None:
+    proc = spawn("unshare", "-p", "-f", "sleep", "60")
+    pid = wait_unshared(proc.pid, "pid")
+    with Namespace.from_pid(pid, NamespaceType.PID) as pidns, nsworkers.Pool() as pool:
+        fds = pool.run(pidns, _fd_links)
+    ns_dirs = [link for link in fds if link.startswith("/proc/") and link.endswith("/ns")]
+    assert len(ns_dirs) == 1, fds  # its own /proc/PID/ns only, not the middle process's too
+
+
+def _fd_links() -> list[str]:
+    links = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            links.append(os.readlink(f"/proc/self/fd/{fd}"))
+        except FileNotFoundError:
+            pass  # the listing's own fd
+    return sorted(links)

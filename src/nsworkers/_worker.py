@@ -117,10 +117,12 @@ def _fork_into_children_namespaces(fds: tuple[int, int]) -> None:
         _sys.prctl(_sys.PR_SET_PDEATHSIG, signal.SIGKILL)
         if os.getppid() not in (0, parent):  # 0: the parent is outside our new pid namespace
             os._exit(1)
-        try:  # this process's own /proc/PID/ns, seen through its new pid namespace
-            _ns_dir = os.open("/proc/self/ns", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:  # this process's own /proc/PID/ns (the inherited one is the middle process's)
+            own = os.open("/proc/self/ns", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError:
-            pass
+            return
+        os.close(_ns_dir)
+        _ns_dir = own
         return
     for fd in fds:
         os.close(fd)
