@@ -252,25 +252,36 @@ class RtnlSocket:
         """Run one dump; return its messages and whether the kernel flagged it interrupted."""
         self.seq += 1
         body = bytes([family]) + bytes(_REQUEST_HEADER[msg_type] - 1)
-        self.sock.send(_NLMSGHDR.pack(16 + len(body), msg_type, NLM_F_REQUEST | NLM_F_DUMP, self.seq, 0) + body)
-        out: list[Message] = []
-        interrupted = False
-        while True:
-            data = self.sock.recv(1 << 16)
-            offset = 0
-            while offset + 16 <= len(data):
-                length, kind, flags, seq, _pid = _NLMSGHDR.unpack_from(data, offset)
-                if length < 16:
-                    raise OSError("malformed netlink message")
-                if seq == self.seq:
-                    interrupted |= bool(flags & 0x10)  # NLM_F_DUMP_INTR, also on the DONE message
-                    if kind == NLMSG_DONE:
-                        return out, interrupted
-                    if kind == NLMSG_ERROR:
-                        (err,) = _S32.unpack_from(data, offset + 16)
-                        if err:
-                            raise OSError(-err, os.strerror(-err))
-                        return out, interrupted
-                    if kind in _KINDS:
-                        out.append(_parse(kind, flags, data[offset + 16 : offset + length]))
-                offset += (length + 3) & ~3
+        raw, interrupted = dump_raw(self.sock, msg_type, body, self.seq)
+        return [_parse(kind, flags, payload) for kind, flags, payload in raw if kind in _KINDS], interrupted
+
+
+def dump_raw(sock: socket.socket, msg_type: int, body: bytes, seq: int) -> tuple[list[tuple[int, int, bytes]], bool]:
+    """Send one dump request on a netlink socket and read it to the end.
+
+    Returns ``([(type, flags, payload), ...], interrupted)``; *interrupted* is
+    true if the kernel set ``NLM_F_DUMP_INTR`` on any message, the final
+    ``NLMSG_DONE`` included. Messages of other sequence numbers are skipped; a
+    netlink error raises ``OSError`` with the kernel's errno.
+    """
+    sock.send(_NLMSGHDR.pack(16 + len(body), msg_type, NLM_F_REQUEST | NLM_F_DUMP, seq, 0) + body)
+    out: list[tuple[int, int, bytes]] = []
+    interrupted = False
+    while True:
+        data = sock.recv(1 << 16)
+        offset = 0
+        while offset + 16 <= len(data):
+            length, kind, flags, msg_seq, _pid = _NLMSGHDR.unpack_from(data, offset)
+            if length < 16:
+                raise OSError("malformed netlink message")
+            if msg_seq == seq:
+                interrupted |= bool(flags & 0x10)  # NLM_F_DUMP_INTR
+                if kind == NLMSG_DONE:
+                    return out, interrupted
+                if kind == NLMSG_ERROR:
+                    (err,) = _S32.unpack_from(data, offset + 16)
+                    if err:
+                        raise OSError(-err, os.strerror(-err))
+                    return out, interrupted
+                out.append((kind, flags, data[offset + 16 : offset + length]))
+            offset += (length + 3) & ~3

@@ -24,7 +24,7 @@ import os
 import socket
 import struct
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 __all__ = (
     "DEFAULT_ATTEMPTS",
@@ -51,6 +51,7 @@ DEFAULT_ATTEMPTS = 5
 NLM_F_DUMP_INTR = 0x10
 
 Record = dict[str, Any]
+_M = TypeVar("_M")
 
 
 class Dump(list[Record]):
@@ -73,22 +74,34 @@ def _socket() -> Any:
     return _rtnl_sock
 
 
-def _dump(what: str, msg_type: int, family: int, attempts: int) -> tuple[list[Any], bool, int]:
-    global _rtnl_sock
+def _retry(what: str, once: Callable[[], tuple[list[_M], bool]], attempts: int) -> tuple[list[_M], bool, int]:
+    """Run a dump until the kernel does not flag it interrupted, at most *attempts* times.
+
+    Returns ``(messages, still_interrupted, attempts_used)``; a dump that
+    stayed interrupted is returned anyway, with a logged warning.
+    """
     if attempts < 1:
         raise ValueError("attempts must be >= 1")
     for attempt in range(1, attempts + 1):
-        sock = _socket()
-        try:
-            msgs, interrupted = sock.dump(msg_type, family)
-        except BaseException:
-            sock.close()  # a half-read dump would confuse the next one
-            _rtnl_sock = None
-            raise
+        msgs, interrupted = once()
         if not interrupted:
             return msgs, False, attempt
     log.warning("%s dump still interrupted after %d attempts; returning an inconsistent result", what, attempts)
     return msgs, True, attempts
+
+
+def _dump(what: str, msg_type: int, family: int, attempts: int) -> tuple[list[Any], bool, int]:
+    def once() -> tuple[list[Any], bool]:
+        global _rtnl_sock
+        sock = _socket()
+        try:
+            return sock.dump(msg_type, family)  # type: ignore[no-any-return]
+        except BaseException:
+            sock.close()  # a half-read dump would confuse the next one
+            _rtnl_sock = None
+            raise
+
+    return _retry(what, once, attempts)
 
 
 def _result(records: list[Record], interrupted: bool, attempts: int) -> Dump:
@@ -754,7 +767,6 @@ _XFRM_MSG_GETPOLICY = 21
 _XFRMA_TMPL = 5
 _XFRMA_MARK = 21
 _XFRMA_IF_ID = 31
-_NLMSG_ERROR, _NLMSG_DONE = 2, 3
 _XFRM_DIRS = {0: "in", 1: "out", 2: "fwd"}
 _XFRM_ACTIONS = {0: "allow", 1: "block"}
 _XFRM_MODES = {0: "transport", 1: "tunnel", 2: "ro", 3: "in_trigger", 4: "beet"}
@@ -771,28 +783,14 @@ def _xfrm_addr(raw: bytes, family: int) -> str:
     return socket.inet_ntop(socket.AF_INET, raw[:4])
 
 
-def _xfrm_dump(msg_type: int) -> tuple[list[tuple[int, bytes]], bool]:
-    """One NETLINK_XFRM dump: ``([(nlmsg_flags, payload), ...], interrupted)``."""
-    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, _NETLINK_XFRM) as sock:
+def _xfrm_dump(msg_type: int) -> tuple[list[bytes], bool]:
+    """One NETLINK_XFRM dump: ``([payload, ...], interrupted)``."""
+    from ._rtnl import dump_raw
+
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, _NETLINK_XFRM) as sock:
         sock.bind((0, 0))
-        sock.send(struct.pack("=IHHII", 16, msg_type, 0x301, 1, 0))  # NLM_F_REQUEST | NLM_F_DUMP
-        out: list[tuple[int, bytes]] = []
-        interrupted = False
-        while True:
-            data = sock.recv(1 << 16)
-            offset = 0
-            while offset + 16 <= len(data):
-                length, kind, flags, _seq, _pid = struct.unpack_from("=IHHII", data, offset)
-                interrupted |= bool(flags & NLM_F_DUMP_INTR)
-                if kind == _NLMSG_DONE:
-                    return out, interrupted
-                if kind == _NLMSG_ERROR:
-                    (err,) = struct.unpack_from("=i", data, offset + 16)
-                    if err:
-                        raise OSError(-err, f"xfrm dump: {os.strerror(-err)}")
-                    return out, interrupted
-                out.append((flags, data[offset + 16 : offset + length]))
-                offset += (length + 3) & ~3
+        raw, interrupted = dump_raw(sock, msg_type, b"", 1)
+    return [payload for _, _, payload in raw], interrupted
 
 
 def _xfrm_attrs(payload: bytes, start: int) -> dict[int, list[bytes]]:
@@ -827,12 +825,8 @@ def _selector(raw: bytes) -> Record:
 
 
 def _xfrm_records(what: str, msg_type: int, parse: Callable[[bytes], Record], attempts: int) -> Dump:
-    for attempt in range(1, attempts + 1):
-        msgs, interrupted = _xfrm_dump(msg_type)
-        if not interrupted:
-            return _result([parse(p) for _, p in msgs], False, attempt)
-    log.warning("%s dump still interrupted after %d attempts; returning an inconsistent result", what, attempts)
-    return _result([parse(p) for _, p in msgs], True, attempts)
+    msgs, interrupted, used = _retry(what, lambda: _xfrm_dump(msg_type), attempts)
+    return _result([parse(p) for p in msgs], interrupted, used)
 
 
 def _policy(payload: bytes) -> Record:
