@@ -36,9 +36,12 @@ def network_namespaces() -> list[str]:
     """
     from ._discover import discover
 
-    found = discover(["net"], relations=False)
-    found.sort(key=lambda n: (not n.names, n.paths[0] if n.paths else ""))
-    return [n.paths[0] for n in found if n.paths]
+    return _paths(discover(["net"], relations=False, attribute=False))
+
+
+def _paths(found: list[Any]) -> list[str]:
+    ordered = sorted(found, key=lambda n: (not n.names, n.paths[0] if n.paths else ""))
+    return [n.paths[0] for n in ordered if n.paths]
 
 
 def _name_of(path: str) -> str | None:
@@ -80,12 +83,13 @@ def inspect(
     unknown = [w for w in sections if w not in netlink.SECTIONS]
     if unknown:
         raise ValueError(f"unknown section(s) {unknown}; choose from {sorted(netlink.SECTIONS)}")
-    targets = network_namespaces() if namespaces is None else list(namespaces)
     owners: dict[str, Any] = {}
-    if attribution:
+    if namespaces is None or attribution:  # one scan serves both the target list and the owners
         from ._discover import discover
 
-        owners = {ns.unique_id: ns.attribution for ns in discover(["net"], relations=False)}
+        found = discover(["net"], relations=False, attribute=attribution)
+        owners = {ns.unique_id: ns.attribution for ns in found}
+    targets = _paths(found) if namespaces is None else list(namespaces)
     own = pool is None
     if pool is None:
         pool = Pool(
