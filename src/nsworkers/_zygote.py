@@ -375,6 +375,26 @@ class _Zygote:
             signal.pthread_sigmask(signal.SIG_SETMASK, old)
         self.reply(("reaped", *result))
 
+    def kill_and_reap_all(self) -> None:
+        """On the way out: kill and reap every worker still alive.
+
+        They would die with us anyway (``PR_SET_PDEATHSIG``), but as orphans
+        left for init to reap; an init that does not reap (a container's)
+        would keep them as zombies. A worker told to stop may still be
+        exiting when the caller closes the control socket.
+        """
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        for pid in list(self.live):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        for pid in list(self.live):
+            try:
+                os.waitpid(pid, 0)
+            except ChildProcessError:
+                pass
+
     def reply(self, message: tuple[Any, ...], fds: list[int] | None = None) -> None:
         socket.send_fds(self.ctl, [pickle.dumps(message)], fds or [])
 
@@ -421,5 +441,5 @@ def zygote_main(ctl_fd: int) -> None:
         zygote.serve()
     except (ConnectionResetError, BrokenPipeError, EOFError):
         pass
-    # Workers die with us (PR_SET_PDEATHSIG); exit without running finalizers.
-    os._exit(0)
+    zygote.kill_and_reap_all()
+    os._exit(0)  # no finalizers: nothing of the caller's lives here
