@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import functools
 import os
 import signal
 import socket
@@ -15,7 +16,7 @@ import psutil
 import pytest
 
 import nsworkers
-from nsworkers import Namespace, Pool
+from nsworkers import Namespace, Pool, _pool
 
 from .conftest import ip, run_python, thread_netns, wait_for
 
@@ -99,6 +100,66 @@ with nsworkers.Pool() as pool:
     done = run_python(code)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["hi!", "7"]
+
+
+def keywords(**kwargs: int) -> dict[str, int]:
+    return kwargs
+
+
+class Counter:
+    def __init__(self) -> None:
+        self.n = 0
+
+    def __call__(self) -> int:
+        return self.n
+
+
+def replace_pid_in_worker() -> None:
+    globals()["pid"] = lambda: -1  # rebinds this module's ``pid`` inside the worker only
+
+
+@pytest.mark.parametrize(
+    ("fn", "numbered"),
+    [
+        (pid, True),
+        (os.getpid, True),
+        (int, True),
+        (Counter, True),
+        (lambda: 1, False),
+        (Counter(), False),
+        ([1].copy, False),
+        (functools.partial(keywords, a=1), False),
+        (Counter().__call__, False),
+    ],
+    ids=["function", "builtin", "type", "class", "lambda", "instance", "bound-builtin", "partial", "method"],
+)
+def test_which_callables_are_named_by_number(fn: Callable[..., object], numbered: bool) -> None:
+    assert (_pool._index_of(fn) is not None) is numbered
+
+
+def test_repeated_calls_name_the_function_by_number(pool: Pool, netns: str) -> None:
+    first = pool.run(netns, pid)
+    (worker,) = (w for slot in pool._slots.values() for w in slot.workers)
+    assert _pool._index_of(pid) in worker.known
+    pool.run(netns, replace_pid_in_worker)
+    # The worker kept the function object it loaded first: rebinding the name there changes nothing.
+    assert pool.run(netns, pid) == first
+
+
+def test_stateful_callables_are_sent_whole_every_time(pool: Pool, netns: str) -> None:
+    items = [1]
+    assert pool.run(netns, items.copy) == [1]
+    items.append(2)
+    assert pool.run(netns, items.copy) == [1, 2]
+    part = functools.partial(keywords, a=1)
+    assert pool.run(netns, part) == {"a": 1}
+    part.keywords["a"] = 2
+    assert pool.run(netns, part) == {"a": 2}
+    counter = Counter()
+    assert pool.run(netns, counter) == 0
+    counter.n = 5
+    assert pool.run(netns, counter) == 5
+    assert pool.run(netns, counter.__call__) == 5
 
 
 def test_one_worker_per_namespace_identity(pool: Pool, netns: str) -> None:
@@ -307,7 +368,7 @@ def test_worker_process_hygiene(pool: Pool, netns: str) -> None:
     assert proc.name() == "nsw-worker"
     assert psutil.Process(proc.ppid()).name() == "nsw-zygote"
     fds = os.listdir(f"/proc/{worker_pid}/fd")
-    # stdin/out/err, the two channel pipes and the /proc/self/ns directory
+    # stdin/out/err, the two channel pipes and an O_PATH fd on its own /proc/PID/ns/net link
     assert len(fds) == 6, [os.readlink(f"/proc/{worker_pid}/fd/{fd}") for fd in fds]
     with open(f"/proc/{worker_pid}/status") as f:
         status = dict(line.split(":", 1) for line in f)

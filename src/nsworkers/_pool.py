@@ -28,6 +28,7 @@ import os
 import socket as _socket
 import threading
 import time
+import types
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from queue import SimpleQueue
@@ -73,6 +74,7 @@ _P = ParamSpec("_P")
 #: What a call can target: a path, a Namespace, or several Namespaces of different types.
 Target = Union[str, "os.PathLike[str]", Namespace, Sequence[Namespace]]
 
+_monotonic = time.monotonic
 _START_TIMEOUT = 60.0  # a worker that is not ready by then is not coming
 Key = tuple[tuple[int, int], ...]
 
@@ -119,6 +121,10 @@ class _Target:
 
 
 def _resolve(target: object) -> _Target:
+    if type(target) is Namespace:  # the fast path, first
+        if target._fd < 0:
+            raise NamespaceClosedError(f"{target!r} is closed")
+        return _Target((target._id,), None, (target,))
     if isinstance(target, str):
         path = fspath(target)
         st = check_path(path)
@@ -156,10 +162,46 @@ def _resolve_error(target: object) -> _Target:
 # calls and workers
 
 
-class _Call:
-    """A serialized call; keeps the objects in case the worker asks for dill."""
+_CACHEABLE = (types.FunctionType, types.BuiltinFunctionType, type)
+_MAX_INDEXED = 4096
+_fn_index: dict[Callable[..., Any], int] = {}
+_fn_index_lock = threading.Lock()
 
-    __slots__ = ("args", "codec", "fn", "kwargs", "payload")
+
+def _index_of(fn: Callable[..., Any]) -> int | None:
+    """A process-wide number for a callable that pickle sends by reference, or None.
+
+    A worker keeps the functions it has loaded by these numbers, so a repeated
+    call names its function with a small int instead of ``module.qualname``
+    (about 1 us less per call on the two sides). Only what pickle would send
+    by name qualifies -- module-level functions, classes and module-level
+    builtins -- so reusing the worker's copy is the same as reloading it.
+    Anything carrying state (partials, bound methods, callable instances,
+    code sent by value) is pickled afresh on every call.
+    """
+    if type(fn) not in _CACHEABLE:
+        return None
+    index = _fn_index.get(fn)
+    if index is not None:
+        return index
+    if proto.by_value(fn) or (
+        isinstance(fn, types.BuiltinFunctionType) and not isinstance(fn.__self__, types.ModuleType)
+    ):
+        return None
+    with _fn_index_lock:
+        if len(_fn_index) >= _MAX_INDEXED:
+            return None
+        return _fn_index.setdefault(fn, len(_fn_index))
+
+
+class _Call:
+    """A serialized call; keeps the objects in case the worker asks for dill.
+
+    ``payload`` names the function by its :func:`_index_of` number when it has
+    one; a worker that has not seen that number yet gets :meth:`registration`.
+    """
+
+    __slots__ = ("args", "codec", "fn", "index", "kwargs", "payload")
 
     def __init__(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         if not callable(fn):
@@ -167,11 +209,25 @@ class _Call:
         self.fn = fn
         self.args = args
         self.kwargs = kwargs
+        index = _fn_index.get(fn) if type(fn) in _CACHEABLE else None  # (hashable: checked first)
+        if index is None:
+            index = _index_of(fn)
+        self.index = index
+        if index is not None:
+            self.codec, self.payload = proto.dumps((index, args, kwargs))
+            if self.codec == proto.PICKLE:
+                return
+            self.index = None
         self.codec, self.payload = proto.dumps((fn, args, kwargs))
+
+    def registration(self) -> tuple[int, bytes]:
+        """The frame that sends the function itself and asks the worker to keep it under ``index``."""
+        return proto.dumps((self.fn, self.args, self.kwargs, self.index))
 
     def as_dill(self) -> bool:
         if self.codec == proto.DILL:
             return False
+        self.index = None
         self.codec, self.payload = proto.DILL, proto.dill_dumps((self.fn, self.args, self.kwargs))
         return True
 
@@ -184,13 +240,14 @@ class _StaleWorker(Exception):
     """The request could not even be sent: the worker was already gone."""
 
 
+_OK, _UNLOADABLE, _TAINTED, _FATAL = msg.OK, msg.UNLOADABLE, msg.TAINTED, msg.FATAL
 _LOAD_FAILED = -1  # local reply tag: the worker's reply could not be deserialized here
 IDLE = "idle"
 BUSY = "busy"
 
 
 class _Worker:
-    __slots__ = ("calls", "chan", "key", "label", "last_used", "pid", "started", "state")
+    __slots__ = ("calls", "chan", "key", "known", "label", "last_used", "pid", "started", "state")
 
     def __init__(self, pid: int, chan: proto.Channel, key: Key, label: str) -> None:
         self.pid = pid
@@ -200,6 +257,7 @@ class _Worker:
         self.state = BUSY
         self.calls = 0
         self.started = self.last_used = time.monotonic()
+        self.known: set[int] = set()  # function numbers this worker keeps (see _index_of)
 
 
 class _Slot:
@@ -216,6 +274,15 @@ class _Slot:
         self.waiters = 0
         self.drains = 0
         self.jobs: collections.deque[_Job] = collections.deque()
+
+    def take_idle(self, lru: collections.OrderedDict[_Worker, None]) -> _Worker | None:
+        """Under the pool lock: an idle worker of this namespace, now busy, or None."""
+        if not self.idle:
+            return None
+        worker = self.idle.pop()
+        del lru[worker]
+        worker.state = BUSY
+        return worker
 
     def unused(self) -> bool:
         return not (self.workers or self.spawning or self.waiters or self.drains or self.jobs)
@@ -520,33 +587,33 @@ class Pool:
             raise PoolClosedError("the pool is shut down")
         resolved = _resolve(target)
         call = _Call(fn, args, kwargs)
-        with self._lock:
+        with self._lock:  # one lock round for the count and, usually, an idle worker
             if self._closing:
                 raise PoolClosedError("the pool is shut down")
             self._inflight += 1
-        return self._execute(resolved, call, timeout)
+            slot = self._slots.get(resolved.key)
+            worker = slot.take_idle(self._lru) if slot is not None else None
+        return self._execute(resolved, call, timeout, worker)
 
-    def _execute(self, target: _Target, call: _Call, timeout: float | None) -> Any:
-        """Run one counted call (``_inflight`` was raised by the caller; lowered here, once)."""
+    def _execute(self, target: _Target, call: _Call, timeout: float | None, worker: _Worker | None = None) -> Any:
+        """Run one counted call (``_inflight`` was raised by the caller; lowered here, once).
+
+        *worker*, if given, is an idle worker of the target the caller already took.
+        """
         deadline = None if timeout is None else time.monotonic() + timeout
         for attempt in (0, 1):
-            worker = None
-            with self._lock:  # fast path: an idle worker is waiting
-                slot = self._slots.get(target.key)
-                if slot is not None and slot.idle:
-                    worker = slot.idle.pop()
-                    del self._lru[worker]
-                    worker.state = BUSY
             if worker is None:
-                try:
-                    worker = self._acquire(target, deadline, timeout)
-                except BaseException:
-                    self._release(None, False)
-                    raise
-            healthy = False
+                with self._lock:
+                    slot = self._slots.get(target.key)
+                    worker = slot.take_idle(self._lru) if slot is not None else None
+                if worker is None:
+                    try:
+                        worker = self._acquire(target, deadline, timeout)
+                    except BaseException:
+                        self._release(None, False)
+                        raise
             try:
                 reply = self._roundtrip(worker, call, deadline, timeout)
-                healthy = reply[0] not in (msg.TAINTED, msg.FATAL)  # those workers exit by themselves
             except _StaleWorker:
                 # It died while idle (killed, OOM, its zygote gone) before our request
                 # reached it: the call never started, so one retry on a fresh worker is safe.
@@ -555,43 +622,52 @@ class Pool:
                     raise WorkerCrashedError(
                         f"the worker for {worker.label} died twice before starting {call.name}()"
                     ) from None
+                worker = None
                 continue
             except BaseException:
                 self._release(worker, False)
                 raise
+            tag = reply[0]
+            if tag == _OK:
+                self._release(worker, True)
+                return reply[1]
+            healthy = tag not in (_TAINTED, _FATAL)  # those workers exit by themselves
             self._release(worker, healthy)
-            break
-        assert worker is not None
-        if reply[0] == msg.OK:
-            return reply[1]
-        if not healthy:
-            self._spawner.forget(worker.pid)
-        return self._outcome(reply, worker, call)
-
-    def _exchange(self, worker: _Worker, call: _Call, deadline: float | None, first: bool = False) -> Any:
-        try:
-            worker.chan.send(call.codec, call.payload)
-        except proto.ChannelClosed:
-            if first:
-                raise _StaleWorker from None
-            raise
-        codec, payload = worker.chan.recv(deadline)
-        try:
-            return proto.loads(codec, payload)
-        except SerializationError as exc:
-            return (_LOAD_FAILED, exc)  # the worker is fine; only this reply is lost
-        finally:
-            if isinstance(payload, memoryview):
-                payload.release()
+            if not healthy:
+                self._spawner.forget(worker.pid)
+            return self._outcome(reply, worker, call)
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def _roundtrip(self, worker: _Worker, call: _Call, deadline: float | None, timeout: float | None) -> Any:
+        """Send *call* to *worker* and return its reply (a tagged tuple); failures become typed errors."""
+        chan = worker.chan
+        first = True
         try:
-            reply = self._exchange(worker, call, deadline, first=True)
-            if reply[0] == msg.UNLOADABLE and call.as_dill():
-                # The worker could not import something pickle sent by reference: resend by value.
-                reply = self._exchange(worker, call, deadline)
-            worker.calls += 1
-            return reply
+            while True:
+                index = call.index
+                learn = index is not None and index not in worker.known
+                codec, payload = call.registration() if learn else (call.codec, call.payload)
+                try:
+                    chan.send(codec, payload)
+                except proto.ChannelClosed:
+                    if first:
+                        raise _StaleWorker from None
+                    raise
+                codec, data = chan.recv(deadline)
+                try:
+                    reply = proto.loads(codec, data)
+                except SerializationError as exc:
+                    reply = (_LOAD_FAILED, exc)  # the worker is fine; only this reply is lost
+                else:
+                    if reply[0] == _UNLOADABLE:
+                        if first and call.as_dill():
+                            # The worker could not import something pickle sent by reference: resend by value.
+                            first = False
+                            continue
+                    elif learn:
+                        worker.known.add(index)  # type: ignore[arg-type]
+                worker.calls += 1
+                return reply
         except _StaleWorker:
             self._spawner.reap(worker.pid)
             raise
@@ -658,10 +734,8 @@ class Pool:
                     slot = self._slots.get(target.key)
                     if slot is None:
                         slot = self._slots[target.key] = _Slot(target.key, target.label)
-                    if slot.idle:
-                        worker = slot.idle.pop()
-                        del self._lru[worker]
-                        worker.state = BUSY
+                    worker = slot.take_idle(self._lru)
+                    if worker is not None:
                         return worker
                     if len(slot.workers) + slot.spawning < self._per_ns:
                         if self._total >= self._max_workers and self._lru:
@@ -740,7 +814,7 @@ class Pool:
             if done:
                 self._inflight -= 1
             if worker is not None:
-                worker.last_used = time.monotonic()
+                worker.last_used = _monotonic()
                 if healthy and not self._closed and (self._max_tasks is None or worker.calls < self._max_tasks):
                     worker.state = IDLE
                     self._slots[worker.key].idle.append(worker)

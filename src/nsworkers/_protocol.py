@@ -22,6 +22,7 @@ the caller allocate without bound).
 
 from __future__ import annotations
 
+import errno
 import importlib
 import io
 import math
@@ -41,6 +42,11 @@ DILL = 1
 CODECS = (PICKLE, DILL)
 
 HEADER = struct.Struct("<QB")
+_HSIZE = HEADER.size
+_pack = HEADER.pack
+_unpack_from = HEADER.unpack_from
+_os_read = os.read
+_os_write = os.write
 MAX_FRAME = 1 << 40  # 1 TiB: no real payload gets here; garbage lengths do
 _SMALL = 1 << 16  # frames below this go out in one write
 _READ_SIZE = 1 << 14  # first read of a frame: replies are mostly small; a big buffer costs a malloc
@@ -50,7 +56,7 @@ class _NeedDill(Exception):
     """Raised inside the pickler: this object must be sent by value."""
 
 
-def _by_value(obj: object) -> bool:
+def by_value(obj: object) -> bool:
     # Code that pickle would send as "module.qualname" but that the peer can't import.
     module = getattr(obj, "__module__", None)
     qualname = getattr(obj, "__qualname__", "")
@@ -59,7 +65,7 @@ def _by_value(obj: object) -> bool:
 
 class _Pickler(pickle.Pickler):
     def reducer_override(self, obj: Any) -> Any:
-        if isinstance(obj, (types.FunctionType, type)) and _by_value(obj):
+        if isinstance(obj, (types.FunctionType, type)) and by_value(obj):
             raise _NeedDill
         return NotImplemented
 
@@ -165,13 +171,14 @@ class Channel:
     to one caller per call).
     """
 
-    __slots__ = ("_pending", "max_frame", "rfd", "wfd")
+    __slots__ = ("_pending", "_poller", "max_frame", "rfd", "wfd")
 
     def __init__(self, rfd: int, wfd: int, max_frame: int = MAX_FRAME) -> None:
         self.rfd = rfd
         self.wfd = wfd
         self.max_frame = max_frame
         self._pending = b""  # bytes read past the end of the previous frame
+        self._poller: select.poll | None = None
 
     def fileno(self) -> int:
         return self.rfd
@@ -191,16 +198,16 @@ class Channel:
         """Send one frame: one ``write`` for small frames, no copy of large ones."""
         try:
             if len(payload) < _SMALL:
-                data = HEADER.pack(len(payload), codec) + payload
-                if os.write(self.wfd, data) != len(data):  # pragma: no cover - pipes take 64 KiB whole
+                data = _pack(len(payload), codec) + payload
+                if _os_write(self.wfd, data) != len(data):  # pragma: no cover - pipes take 64 KiB whole
                     raise ProtocolError("short write on a worker channel")
             else:
-                self._write_all(HEADER.pack(len(payload), codec))
+                self._write_all(_pack(len(payload), codec))
                 self._write_all(payload)
         except (BrokenPipeError, ConnectionResetError) as exc:
             raise ChannelClosed(str(exc)) from None
         except OSError as exc:
-            if exc.errno == 9:  # EBADF: closed under us
+            if exc.errno == errno.EBADF:  # closed under us
                 raise ChannelClosed(str(exc)) from None
             raise
 
@@ -220,9 +227,10 @@ class Channel:
         # poll, not select: a pool with many workers holds fds past FD_SETSIZE (1024)
         remaining = deadline - time.monotonic()
         if remaining > 0:
-            poller = select.poll()
-            poller.register(self.rfd, select.POLLIN)
-            if poller.poll(max(1, math.ceil(remaining * 1000))):
+            if self._poller is None:
+                self._poller = select.poll()
+                self._poller.register(self.rfd, select.POLLIN)
+            if self._poller.poll(max(1, math.ceil(remaining * 1000))):
                 return
         raise TimeoutError("timed out waiting for the worker")
 
@@ -230,28 +238,47 @@ class Channel:
         if deadline is not None:
             self._wait(deadline)
         try:
-            data = os.read(self.rfd, size)
+            data = _os_read(self.rfd, size)
         except OSError as exc:
             raise ChannelClosed(str(exc)) from None
         if not data:
             raise ChannelClosed("channel closed by peer")
         return data
 
-    def recv(self, deadline: float | None = None) -> tuple[int, bytes | bytearray | memoryview]:
-        """Receive one frame; ``(codec, payload)``. Raises ChannelClosed, TimeoutError, ProtocolError."""
-        data = self._pending or self._read(_READ_SIZE, deadline)
-        self._pending = b""
-        while len(data) < HEADER.size:
+    def recv(self, deadline: float | None = None) -> tuple[int, bytes | bytearray]:
+        """Receive one frame; ``(codec, payload)``. Raises ChannelClosed, TimeoutError, ProtocolError.
+
+        The common case -- nothing pending, one small frame arriving whole --
+        is one ``read``; large frames are read into one buffer, not copied.
+        """
+        data = self._pending
+        if data:
+            self._pending = b""
+        else:
+            if deadline is not None:
+                self._wait(deadline)
+            try:
+                data = _os_read(self.rfd, _READ_SIZE)
+            except OSError as exc:
+                raise ChannelClosed(str(exc)) from None
+            if not data:
+                raise ChannelClosed("channel closed by peer")
+        if len(data) > _HSIZE:
+            length, codec = _unpack_from(data)
+            if len(data) == _HSIZE + length and codec in CODECS and length <= self.max_frame:
+                return codec, data[_HSIZE:]  # a copy of a few bytes is cheaper than a view
+        return self._recv_slow(data, deadline)
+
+    def _recv_slow(self, data: bytes, deadline: float | None) -> tuple[int, bytes | bytearray]:
+        while len(data) < _HSIZE:
             data += self._read(_SMALL, deadline)
-        length, codec = HEADER.unpack_from(data)
+        length, codec = _unpack_from(data)
         if codec not in CODECS or length > self.max_frame:
             raise ProtocolError(f"malformed frame header (length {length}, codec {codec})")
-        end = HEADER.size + length
-        if len(data) == end:  # the common case: exactly one whole frame
-            return codec, memoryview(data)[HEADER.size :]
-        if len(data) > end:
+        end = _HSIZE + length
+        if len(data) >= end:
             self._pending = data[end:]
-            return codec, data[HEADER.size : end]
+            return codec, data[_HSIZE:end]
         return codec, self._recv_rest(data, length, deadline)
 
     def _recv_rest(self, head: bytes, length: int, deadline: float | None) -> bytearray:

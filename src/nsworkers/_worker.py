@@ -44,7 +44,9 @@ FATAL = 8  # (FATAL, exception reply): MemoryError/RecursionError; the worker's 
 
 _FATAL_ERRORS = (MemoryError, RecursionError)
 
-# A call request is (fn, args, kwargs); None asks the worker to exit.
+# A call request is (fn, args, kwargs), where fn may be the number of a function
+# sent before, or (fn, args, kwargs, number) asking the worker to keep fn under
+# that number; None asks the worker to exit.
 STOP = None
 
 # (fd, CLONE_NEW* flag, type name, (dev, ino))
@@ -99,7 +101,14 @@ def _main(fds: tuple[int, int], targets: list[TargetSpec], parent_pid: int, pdea
     if any(name in _FOR_CHILDREN for name in (t[2] for t in targets)):
         _fork_into_children_namespaces(fds)
     chan.send_obj((READY, os.getpid(), expected))
-    links = [(name, f"{name}:[{ident[1]}]") for name, ident in expected if name not in _FOR_CHILDREN]
+    # One O_PATH fd per joined type on this process's own /proc/PID/ns/TYPE link:
+    # readlink through it shows the type's namespace *now*, for less than a lookup by name.
+    links = [
+        (os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=_ns_dir), f"{name}:[{ident[1]}]")
+        for name, ident in expected
+        if name not in _FOR_CHILDREN
+    ]
+    os.close(_ns_dir)
     return _serve(chan, links)
 
 
@@ -188,23 +197,33 @@ def _join(targets: list[TargetSpec]) -> tuple[int, str] | None:
     return None
 
 
-def _serve(chan: Channel, links: list[tuple[str, str]]) -> int:
+def _serve(chan: Channel, links: list[tuple[int, str]]) -> int:
     my_pid = os.getpid()
+    recv, send, getpid, readlink, pickle_loads = chan.recv, chan.send, os.getpid, os.readlink, pickle.loads
+    functions: dict[int, Any] = {}  # callables the caller names by number (_pool._index_of)
     while True:
         try:
-            codec, payload = chan.recv()
+            codec, payload = recv()
         except ChannelClosed:
             return 0
         try:
-            request = loads(codec, payload)
-        except SerializationError as exc:
-            chan.send_obj((UNLOADABLE, str(exc), codec))
+            request = pickle_loads(payload) if codec == PICKLE else loads(codec, payload)
+            if request is STOP:
+                return 0
+            if len(request) == 3:
+                fn, args, kwargs = request
+                if type(fn) is int:
+                    fn = functions[fn]
+            else:  # (fn, args, kwargs, number): keep fn, the caller will name it by number
+                fn, args, kwargs, number = request
+                functions[number] = fn
+        except Exception as exc:
+            text = (
+                str(exc) if isinstance(exc, SerializationError) else f"cannot deserialize: {type(exc).__name__}: {exc}"
+            )
+            chan.send_obj((UNLOADABLE, text, codec))
             continue
-        del payload
-        if request is STOP:
-            return 0
-        fn, args, kwargs = request
-        del request
+        del payload, request
         fatal = False
         try:
             reply: tuple[Any, ...] = (OK, fn(*args, **kwargs))
@@ -212,12 +231,15 @@ def _serve(chan: Channel, links: list[tuple[str, str]]) -> int:
             fatal = isinstance(exc, _FATAL_ERRORS)
             reply = _exception_reply(exc)
         del fn, args, kwargs
-        if os.getpid() != my_pid:
+        if getpid() != my_pid:
             os._exit(0)  # the callable forked and returned in the child: it must not talk
-        moved = _moved(links)
-        if moved:
-            chan.send_obj((TAINTED, moved))
-            return 3
+        for fd, expected in links:  # readlink through the O_PATH fd: ~1.5 us per type
+            now = readlink("", dir_fd=fd)
+            if now != expected:
+                chan.send_obj(
+                    (TAINTED, f"the callable moved the worker from {expected} to {now}; the worker was discarded")
+                )
+                return 3
         try:
             codec, data = dumps(reply)
         except SerializationError as exc:
@@ -229,7 +251,7 @@ def _serve(chan: Channel, links: list[tuple[str, str]]) -> int:
         if fatal:
             chan.send_obj((FATAL, (codec, data)))
             return 4
-        chan.send(codec, data)
+        send(codec, data)
         del data
 
 
@@ -252,15 +274,6 @@ def _raw_exception(exc: BaseException, tb: str) -> tuple[Any, ...]:
     except Exception:
         message = "<str() failed>"
     return (RAISED_RAW, f"{kind.__module__}.{kind.__qualname__}", message, tb)
-
-
-def _moved(links: list[tuple[str, str]]) -> str:
-    # readlink is the cheapest way to ask the kernel (about 2 us per type).
-    for name, expected in links:
-        now = os.readlink(name, dir_fd=_ns_dir)
-        if now != expected:
-            return f"the callable moved the worker from {expected} to {now}; the worker was discarded"
-    return ""
 
 
 __all__ = ("DILL", "PICKLE", "child_main")
