@@ -120,6 +120,16 @@ def pool() -> Iterator[nsworkers.Pool]:
         assert wait_for(lambda: not (_children() - before)), f"processes left: {_children() - before}"
 
 
+def dead(pid: int) -> bool:
+    """*pid* is gone or a zombie (race-free: it may vanish between two psutil calls)."""
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
 def wait_for(predicate: Callable[[], bool], timeout: float = 5.0, interval: float = 0.01) -> bool:
     """Poll *predicate* until true or *timeout*; returns its last value."""
     import time

@@ -49,7 +49,20 @@ def test_every_error_derives_from_the_base() -> None:
 
 
 def test_import_is_cheap() -> None:
-    heavy = "('pyroute2', 'psutil', 'dill', 'asyncio', 'multiprocess')"
+    heavy = "('pyroute2', 'psutil', 'dill', 'asyncio', 'multiprocess', 'threading', 'nsworkers._pool')"
     code = f"import sys, nsworkers; print(sorted(m for m in {heavy} if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_the_zygote_imports_no_module_with_an_at_fork_hook() -> None:
+    # threading (and logging, subprocess, the pool, which import it) registers an
+    # at-fork hook that would run in, and dirty the pages of, every forked worker.
+    hooked = "('threading', 'logging', 'subprocess', 'random', 'nsworkers._pool', 'nsworkers._zygote')"
+    code = f"""
+import sys, nsworkers
+with nsworkers.Pool(preload=("nsworkers.netlink",)) as pool:
+    print(pool.run("/proc/self/ns/uts", eval, "sorted(m for m in {hooked} if m in __import__('sys').modules)"))
+"""
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

@@ -18,7 +18,7 @@ import pytest
 import nsworkers
 from nsworkers import Namespace, Pool, _pool
 
-from .conftest import ip, run_python, thread_netns, wait_for
+from .conftest import dead, ip, run_python, thread_netns, wait_for
 
 pytestmark = pytest.mark.privileged
 
@@ -222,7 +222,7 @@ def test_crash_fails_only_that_call(
     assert slow.result(timeout=10) == "fine"
     after = pool.run(victim, pid)
     assert after != before
-    assert not psutil.pid_exists(before) or psutil.Process(before).status() == psutil.STATUS_ZOMBIE
+    assert dead(before)
 
 
 def test_timeout_kills_and_replaces_the_worker(pool: Pool, netns: str) -> None:
@@ -493,7 +493,7 @@ time.sleep(60)
         start = time.monotonic()
 
         def gone() -> bool:
-            return all(not psutil.pid_exists(p) or psutil.Process(p).status() == psutil.STATUS_ZOMBIE for p in pids)
+            return all(dead(p) for p in pids)
 
         assert wait_for(gone, timeout=5)
         assert time.monotonic() - start < 1.0

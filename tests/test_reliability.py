@@ -24,7 +24,7 @@ import pytest
 import nsworkers
 from nsworkers import Namespace, Pool
 
-from .conftest import ip, thread_netns, wait_for
+from .conftest import dead, ip, thread_netns, wait_for
 
 pytestmark = pytest.mark.privileged
 SOAK = os.environ.get("NSW_SOAK") == "1"
@@ -65,7 +65,7 @@ def test_fatal_python_errors_replace_the_worker(
 def test_worker_killed_while_idle_is_replaced_transparently(pool: Pool, netns: str) -> None:
     before = pool.run(netns, pid)
     os.kill(before, signal.SIGKILL)
-    assert wait_for(lambda: not psutil.pid_exists(before) or psutil.Process(before).status() == "zombie")
+    assert wait_for(lambda: dead(before))
     assert pool.run(netns, pid) != before  # the request never reached the dead worker: retried
 
 

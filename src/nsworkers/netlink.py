@@ -19,7 +19,6 @@ is logged, and :func:`snapshot` lists it under ``"inconsistent"``.
 
 from __future__ import annotations
 
-import logging
 import os
 import socket
 import struct
@@ -45,7 +44,6 @@ __all__ = (
     "xfrm_states",
 )
 
-log = logging.getLogger("nsworkers.netlink")
 
 DEFAULT_ATTEMPTS = 5
 NLM_F_DUMP_INTR = 0x10
@@ -86,7 +84,11 @@ def _retry(what: str, once: Callable[[], tuple[list[_M], bool]], attempts: int) 
         msgs, interrupted = once()
         if not interrupted:
             return msgs, False, attempt
-    log.warning("%s dump still interrupted after %d attempts; returning an inconsistent result", what, attempts)
+    import logging  # not at import time: logging imports threading, whose at-fork hook costs every worker
+
+    logging.getLogger("nsworkers.netlink").warning(
+        "%s dump still interrupted after %d attempts; returning an inconsistent result", what, attempts
+    )
     return msgs, True, attempts
 
 
