@@ -242,6 +242,53 @@ def test_pool_default_timeout(netns: str) -> None:
         pool.run(netns, time.sleep, 10)
 
 
+def _spares(pool: Pool) -> list[psutil.Process]:
+    zygote = pool._spawner.zygote_pid  # type: ignore[attr-defined]
+    return [c for c in psutil.Process(zygote).children() if c.name() == "nsw-spare"]
+
+
+def test_a_spare_worker_takes_the_next_namespace(pool: Pool, make_netns: Callable[[], str]) -> None:
+    first, second = f"/run/netns/{make_netns()}", f"/run/netns/{make_netns()}"
+    pool.run(first, pid)
+    assert wait_for(lambda: len(_spares(pool)) == 1)
+    (spare,) = _spares(pool)
+    # Forked ahead, it is in no target namespace yet and holds only stdio and its socket.
+    assert os.readlink(f"/proc/{spare.pid}/ns/net") == my_netns()
+    assert len(os.listdir(f"/proc/{spare.pid}/fd")) == 4
+    assert pool.run(second, pid) == spare.pid
+    with Namespace.open(second) as ns:
+        assert pool.run(second, my_netns) == ns.unique_id
+    assert psutil.Process(spare.pid).name() == "nsw-worker"
+    assert wait_for(lambda: len(_spares(pool)) == 1 and _spares(pool)[0].pid != spare.pid)
+
+
+def test_a_dead_spare_is_skipped(pool: Pool, make_netns: Callable[[], str]) -> None:
+    first, second = f"/run/netns/{make_netns()}", f"/run/netns/{make_netns()}"
+    pool.run(first, pid)
+    assert wait_for(lambda: len(_spares(pool)) == 1)
+    (spare,) = _spares(pool)
+    spare.kill()
+    spare.wait(5)
+    worker = pool.run(second, pid)
+    assert worker != spare.pid
+    with Namespace.open(second) as ns:
+        assert pool.run(second, my_netns) == ns.unique_id
+
+
+def test_no_spares(netns: str) -> None:
+    with Pool(spare_workers=0) as pool:
+        pool.run(netns, pid)
+        time.sleep(0.1)
+        assert _spares(pool) == []
+        assert pool.run(netns, pid) == pool.run(netns, pid)
+
+
+@pytest.mark.parametrize("bad", [-1, 65, True, 1.5])
+def test_invalid_spare_workers(bad: object) -> None:
+    with pytest.raises(ValueError, match="spare_workers"):
+        Pool(spare_workers=bad)  # type: ignore[arg-type]
+
+
 @pytest.mark.parametrize("bad", [0, -1, True, "1"])
 def test_invalid_timeouts(bad: object) -> None:
     with pytest.raises(ValueError):
@@ -406,7 +453,7 @@ def test_shutdown_leaves_nothing(netns: str) -> None:
     pool.run(netns, pid)
     pool.submit(netns, pid).result()
     children = psutil.Process().children(recursive=True)
-    assert {c.name() for c in children} >= {"nsw-zygote", "nsw-worker"}
+    assert {c.name() for c in children} >= {"nsw-zygote", "nsw-worker", "nsw-spare"}
     pool.shutdown()
     assert wait_for(lambda: not psutil.Process().children(recursive=True))
     assert set(os.listdir("/proc/self/fd")) <= fds_before

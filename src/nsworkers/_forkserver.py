@@ -15,6 +15,7 @@ import gc
 import importlib
 import os
 import pickle
+import select
 import signal
 import socket
 import sys
@@ -23,25 +24,11 @@ from typing import Any
 
 from . import _sys, _worker
 from ._protocol import channel_pipes
+from ._sys import recv_fds
 
 _CTL_BUF = 1 << 16
 _MAX_STATUSES = 4096
 _EXIT_GRACE = 0.1  # seconds a worker that closed its channel gets to finish exiting
-
-
-def recv_fds(sock: socket.socket, bufsize: int, maxfds: int) -> tuple[bytes, list[int], int, Any]:
-    """``socket.recv_fds`` with ``MSG_CMSG_CLOEXEC``: received fds are close-on-exec from the start.
-
-    (``socket.recv_fds`` on Python < 3.12 ignores its *flags* argument.)
-    """
-    import array
-
-    fds = array.array("i")
-    msg, ancdata, flags, addr = sock.recvmsg(bufsize, socket.CMSG_LEN(maxfds * fds.itemsize), socket.MSG_CMSG_CLOEXEC)
-    for level, kind, data in ancdata:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-            fds.frombytes(data[: len(data) - (len(data) % fds.itemsize)])
-    return msg, list(fds), flags, addr
 
 
 def close_all(*fds: int) -> None:
@@ -76,11 +63,13 @@ def reap_child(pid: int, kill: bool = False) -> tuple[int | None, bool]:
 
 
 class _Zygote:
-    def __init__(self, ctl: socket.socket) -> None:
+    def __init__(self, ctl: socket.socket, spares: int) -> None:
         self.ctl = ctl
         self.pid = os.getpid()
         self.live: set[int] = set()
         self.statuses: collections.OrderedDict[int, int] = collections.OrderedDict()
+        self.want_spares = spares
+        self.spares: collections.deque[tuple[int, socket.socket]] = collections.deque()
 
     def on_sigchld(self, signum: int, frame: object) -> None:
         while True:
@@ -101,6 +90,9 @@ class _Zygote:
                 os.close(fd)
             self.reply(("error", f"expected {len(wire)} namespace fds, got {len(fds)}"))
             return
+        if self.want_spares:
+            self.spawn_from_spare(wire, fds)
+            return
         specs = [(fds[i], flag, name, ident) for i, flag, name, ident in wire]
         ours, theirs = channel_pipes()
         try:
@@ -118,6 +110,52 @@ class _Zygote:
             finally:
                 os._exit(70)
         self.live.add(pid)
+        close_all(*theirs, *fds)
+        try:
+            self.reply(("spawned", pid), list(ours))
+        finally:
+            close_all(*ours)
+
+    def fork_spare(self) -> None:
+        """Fork a spare worker (see ``_worker.spare_main``) and keep our end of its socket."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            pid = os.fork()
+        except OSError:
+            ours.close()
+            theirs.close()
+            raise
+        if pid == 0:  # pragma: no cover - runs in the spare
+            try:
+                signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+                for sock in (ours, self.ctl, *(s for _, s in self.spares)):
+                    sock.close()
+                _worker.spare_main(theirs, self.pid)
+            finally:
+                os._exit(70)
+        theirs.close()
+        self.live.add(pid)
+        self.spares.append((pid, ours))
+
+    def spawn_from_spare(self, wire: list[tuple[int, int, str, tuple[int, int]]], fds: list[int]) -> None:
+        """Hand the target to a spare: the fork happened before the request (or happens now, if none is left)."""
+        ours, theirs = channel_pipes()
+        try:
+            while True:
+                if not self.spares:
+                    self.fork_spare()
+                pid, sock = self.spares.popleft()
+                try:
+                    socket.send_fds(sock, [pickle.dumps(wire)], [*fds, *theirs])
+                    break
+                except OSError:
+                    continue  # that spare died (SIGCHLD reaps it): take the next
+                finally:
+                    sock.close()
+        except OSError as exc:  # fork failed
+            close_all(*ours, *theirs, *fds)
+            self.reply(("error", str(exc)))
+            return
         close_all(*theirs, *fds)
         try:
             self.reply(("spawned", pid), list(ours))
@@ -162,7 +200,16 @@ class _Zygote:
         socket.send_fds(self.ctl, [pickle.dumps(message)], fds or [])
 
     def serve(self) -> None:
+        pending = select.poll()
+        pending.register(self.ctl, select.POLLIN)
         while True:
+            # Between requests, top up the spares; a waiting request goes first.
+            if len(self.spares) < self.want_spares and not pending.poll(0):
+                try:
+                    self.fork_spare()
+                except OSError:
+                    self.want_spares = len(self.spares)  # cannot fork now: fork on demand instead
+                continue
             data, fds, _flags, _addr = recv_fds(self.ctl, _CTL_BUF, 16)
             if not data:
                 return
@@ -193,7 +240,7 @@ def zygote_main(ctl_fd: int) -> None:
     except BaseException as exc:
         ctl.sendall(pickle.dumps(("error", f"preloading {name!r} failed: {exc!r}")))
         return
-    zygote = _Zygote(ctl)
+    zygote = _Zygote(ctl, config["spares"])
     signal.signal(signal.SIGCHLD, zygote.on_sigchld)
     # Freeze the heap: objects inherited by workers are never touched by their GC,
     # so their pages stay shared with the zygote (copy-on-write).

@@ -377,6 +377,9 @@ class Pool:
             workers see its state (only safe in a single-threaded caller).
         preload: modules the zygote imports before forking, so workers start
             with them loaded and shared (e.g. ``("pyroute2",)``).
+        spare_workers: processes the zygote keeps forked ahead of need, not
+            yet in any namespace, so that a cold call skips the fork (about
+            1 ms); each is an idle process of ~1.5 MB. 0: fork on request.
     """
 
     def __init__(
@@ -389,10 +392,13 @@ class Pool:
         workers_per_namespace: int = 1,
         start_method: str = "zygote",
         preload: Iterable[str] = (),
+        spare_workers: int = 1,
     ) -> None:
         for name, value in (("max_workers", max_workers), ("workers_per_namespace", workers_per_namespace)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, not {value!r}")
+        if isinstance(spare_workers, bool) or not isinstance(spare_workers, int) or not 0 <= spare_workers <= 64:
+            raise ValueError(f"spare_workers must be an int from 0 to 64, not {spare_workers!r}")
         if max_tasks_per_worker is not None and (
             isinstance(max_tasks_per_worker, bool)
             or not isinstance(max_tasks_per_worker, int)
@@ -407,7 +413,9 @@ class Pool:
         self._max_tasks = max_tasks_per_worker
         self._per_ns = workers_per_namespace
         self._start_method = start_method
-        self._spawner: Spawner = ZygoteSpawner(tuple(preload)) if start_method == "zygote" else ForkSpawner()
+        self._spawner: Spawner = (
+            ZygoteSpawner(tuple(preload), spare_workers) if start_method == "zygote" else ForkSpawner()
+        )
         self._init_state()
         _pools.add(self)
 

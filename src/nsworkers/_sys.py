@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import socket
 from typing import Any
 
 NSFS_MAGIC = 0x6E736673
@@ -83,3 +84,18 @@ def nstype_of_fd(fd: int) -> int | None:
         if exc.errno in (errno.ENOTTY, errno.EINVAL):
             return None
         raise
+
+
+def recv_fds(sock: socket.socket, bufsize: int, maxfds: int) -> tuple[bytes, list[int], int, Any]:
+    """``socket.recv_fds`` with ``MSG_CMSG_CLOEXEC``: received fds are close-on-exec from the start.
+
+    (``socket.recv_fds`` on Python < 3.12 ignores its *flags* argument.)
+    """
+    import array
+
+    fds = array.array("i")
+    msg, ancdata, flags, addr = sock.recvmsg(bufsize, socket.CMSG_LEN(maxfds * fds.itemsize), socket.MSG_CMSG_CLOEXEC)
+    for level, kind, data in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(data[: len(data) - (len(data) % fds.itemsize)])
+    return msg, list(fds), flags, addr

@@ -23,8 +23,10 @@ import errno
 import os
 import pickle
 import signal
+import socket
 import sys
 import traceback
+from collections.abc import Callable
 from typing import Any, NoReturn
 
 from . import _sys
@@ -53,14 +55,31 @@ STOP = None
 TargetSpec = tuple[int, int, str, tuple[int, int]]
 
 _USER_FLAG = 0x10000000
+_MAX_TARGETS = 8  # one fd per namespace type
 _FOR_CHILDREN = {"pid": "pid_for_children", "time": "time_for_children"}
 
 
 def child_main(fds: tuple[int, int], targets: list[TargetSpec], parent_pid: int, pdeathsig: bool) -> NoReturn:
     """Entry point right after fork; *fds* are the worker's channel ends ``(read, write)``. Never returns."""
+    _exit_with(lambda: _main(fds, targets, parent_pid, pdeathsig))
+
+
+def spare_main(sock: socket.socket, parent_pid: int) -> NoReturn:
+    """Entry point of a spare: a worker forked ahead of need, before its namespaces are known.
+
+    It does everything that does not depend on the target (death signal,
+    name, signals, fds), then waits on *sock_fd* for one assignment -- the
+    target specs, with the namespace fds and its channel ends by
+    ``SCM_RIGHTS`` on *sock* -- and from there is an ordinary worker. EOF:
+    not needed after all.
+    """
+    _exit_with(lambda: _spare(sock, parent_pid))
+
+
+def _exit_with(main: Callable[[], int]) -> NoReturn:
     code = 70
     try:
-        code = _main(fds, targets, parent_pid, pdeathsig)
+        code = main()
     except ChannelClosed:
         code = 0  # the caller went away (shut down, gave up on us): nothing to report to
     except BaseException:
@@ -71,20 +90,47 @@ def child_main(fds: tuple[int, int], targets: list[TargetSpec], parent_pid: int,
     os._exit(code)
 
 
-def _main(fds: tuple[int, int], targets: list[TargetSpec], parent_pid: int, pdeathsig: bool) -> int:
+def _prepare(parent_pid: int, pdeathsig: bool, keep: set[int], name: str) -> bool:
+    """Set up the process (death signal, name, signals, fds); False if the parent already died."""
     if pdeathsig:
         _sys.prctl(_sys.PR_SET_PDEATHSIG, signal.SIGKILL)
         if os.getppid() != parent_pid:
-            return 1  # parent died before the death signal was armed
+            return False  # parent died before the death signal was armed
     try:
-        _sys.set_process_name("nsw-worker")
+        _sys.set_process_name(name)
     except OSError:
         pass
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)  # a vanished caller shows as EPIPE/EOF
     for signum in (signal.SIGTERM, signal.SIGCHLD, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2):
         signal.signal(signum, signal.SIG_DFL)
-    _close_fds_except({*fds, *(t[0] for t in targets)})
+    _close_fds_except(keep)
+    return True
+
+
+def _spare(sock: socket.socket, parent_pid: int) -> int:
+    if not _prepare(parent_pid, True, {sock.fileno()}, "nsw-spare"):
+        return 1
+    msg, fds, _, _ = _sys.recv_fds(sock, 1 << 16, 2 + _MAX_TARGETS)
+    sock.close()
+    if not msg:
+        return 0  # the zygote no longer needs us
+    wire: list[tuple[int, int, str, tuple[int, int]]] = pickle.loads(msg)
+    targets = [(fds[i], flag, name, ident) for i, flag, name, ident in wire]
+    try:
+        _sys.set_process_name("nsw-worker")
+    except OSError:
+        pass
+    return _start((fds[-2], fds[-1]), targets)
+
+
+def _main(fds: tuple[int, int], targets: list[TargetSpec], parent_pid: int, pdeathsig: bool) -> int:
+    if not _prepare(parent_pid, pdeathsig, {*fds, *(t[0] for t in targets)}, "nsw-worker"):
+        return 1
+    return _start(fds, targets)
+
+
+def _start(fds: tuple[int, int], targets: list[TargetSpec]) -> int:
     global _ns_dir
     # Opened before joining: after a mount-namespace join /proc may be another
     # pid namespace's procfs, where /proc/self does not resolve.
@@ -276,7 +322,7 @@ def _raw_exception(exc: BaseException, tb: str) -> tuple[Any, ...]:
     return (RAISED_RAW, f"{kind.__module__}.{kind.__qualname__}", message, tb)
 
 
-__all__ = ("DILL", "PICKLE", "child_main")
+__all__ = ("DILL", "PICKLE", "child_main", "spare_main")
 
 if sys.platform != "linux":  # pragma: no cover
     raise ImportError("nsworkers runs on Linux only")

@@ -28,7 +28,8 @@ import sys
 import threading
 from typing import Any, Protocol
 
-from ._forkserver import _CTL_BUF, close_all, reap_child, recv_fds
+from ._forkserver import _CTL_BUF, close_all, reap_child
+from ._sys import recv_fds
 from .errors import WorkerStartError
 
 
@@ -71,8 +72,9 @@ def describe_status(status: int | None, killed: bool) -> str:
 class ZygoteSpawner:
     """Starts workers through a zygote process; restarts the zygote if it died."""
 
-    def __init__(self, preload: tuple[str, ...] = ()) -> None:
+    def __init__(self, preload: tuple[str, ...] = (), spares: int = 1) -> None:
         self._preload = preload
+        self._spares = spares
         self._lock = threading.Lock()
         self._proc: subprocess.Popen[bytes] | None = None
         self._ctl: socket.socket | None = None
@@ -106,7 +108,7 @@ class ZygoteSpawner:
                     stdin=subprocess.DEVNULL,
                     close_fds=True,
                 )
-            ours.sendall(pickle.dumps({"sys_path": list(sys.path), "preload": self._preload}))
+            ours.sendall(pickle.dumps({"sys_path": list(sys.path), "preload": self._preload, "spares": self._spares}))
             reply = ours.recv(_CTL_BUF)
         except OSError as exc:
             ours.close()

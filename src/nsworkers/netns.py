@@ -17,8 +17,8 @@ import subprocess
 import sys
 from collections.abc import Iterator
 
-from ._forkserver import recv_fds
 from ._namespace import NETNS_RUN_DIRS, Namespace, NamespaceType, check_netns_name
+from ._sys import recv_fds
 from .errors import NamespaceExistsError, NamespaceNotFoundError, NamespacePermissionError, NsWorkersError
 
 __all__ = ("NETNS_RUN_DIR", "create", "delete", "list_named", "path_of", "temporary")
