@@ -184,14 +184,15 @@ def bench_p1(spaces: Namespaces, reps: int, calls: int) -> list[dict[str, Any]]:
 _COLD = """
 import os, sys, threading, time, json, statistics
 import nsworkers
-ballast_mb, threads, method = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
-paths = sys.argv[4:]
+ballast_mb, threads, method, spares = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+paths = sys.argv[5:]
 ballast = bytearray(os.urandom(1 << 20)) * ballast_mb  # touched, resident memory
 stop = threading.Event()
 for _ in range(threads):
     threading.Thread(target=stop.wait, daemon=True).start()
-pool = nsworkers.Pool(start_method=method, max_workers=len(paths) + 1)
+pool = nsworkers.Pool(start_method=method, max_workers=len(paths) + 1, spare_workers=spares)
 pool.run(paths[0], int)  # the zygote starts once per pool: not part of a worker's cold start
+# Back to back: each cold call takes the spare the zygote forked while the previous one ran.
 times = []
 for path in paths[1:]:
     start = time.perf_counter()
@@ -204,17 +205,18 @@ print(json.dumps(times))
 
 def bench_p2(spaces: Namespaces, reps: int, count: int) -> list[dict[str, Any]]:
     configs = {
-        "zygote, small caller": (0, 0, "zygote"),
-        "zygote, 500 MB + 50 threads caller": (500, 50, "zygote"),
-        "fork, small caller": (0, 0, "fork"),
-        "fork, 500 MB + 50 threads caller": (500, 50, "fork"),
+        "zygote, small caller": (0, 0, "zygote", 1),
+        "zygote, 500 MB + 50 threads caller": (500, 50, "zygote", 1),
+        "zygote without spares, small caller": (0, 0, "zygote", 0),
+        "fork, small caller": (0, 0, "fork", 0),
+        "fork, 500 MB + 50 threads caller": (500, 50, "fork", 0),
     }
     samples: dict[str, list[float]] = {name: [] for name in configs}
     for _ in range(reps):
-        for name, (mb, threads, method) in configs.items():
+        for name, (mb, threads, method, spares) in configs.items():
             paths = spaces.make(count + 1)
             out = subprocess.run(
-                [sys.executable, "-c", _COLD, str(mb), str(threads), method, *paths],
+                [sys.executable, "-c", _COLD, str(mb), str(threads), method, str(spares), *paths],
                 capture_output=True,
                 text=True,
                 check=True,

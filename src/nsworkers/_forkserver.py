@@ -103,7 +103,7 @@ class _Zygote:
             return
         if pid == 0:  # pragma: no cover - runs in the worker
             try:
-                signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+                _worker.reset_signals()  # first: nothing may run our SIGCHLD handler here
                 close_all(*ours)
                 self.ctl.close()
                 _worker.child_main(theirs, specs, self.pid, True)
@@ -127,7 +127,7 @@ class _Zygote:
             raise
         if pid == 0:  # pragma: no cover - runs in the spare
             try:
-                signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+                _worker.reset_signals()  # first: nothing may run our SIGCHLD handler here
                 for sock in (ours, self.ctl, *(s for _, s in self.spares)):
                     sock.close()
                 _worker.spare_main(theirs, self.pid)

@@ -19,6 +19,7 @@ Replies are tuples whose first item is one of the tags below.
 
 from __future__ import annotations
 
+import _signal  # type: ignore[import-not-found]  # the C module under signal.py (no stub)
 import errno
 import os
 import pickle
@@ -100,12 +101,23 @@ def _prepare(parent_pid: int, pdeathsig: bool, keep: set[int], name: str) -> boo
         _sys.set_process_name(name)
     except OSError:
         pass
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGPIPE, signal.SIG_IGN)  # a vanished caller shows as EPIPE/EOF
-    for signum in (signal.SIGTERM, signal.SIGCHLD, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2):
-        signal.signal(signum, signal.SIG_DFL)
+    reset_signals()
     _close_fds_except(keep)
     return True
+
+
+def reset_signals() -> None:
+    """SIGINT and SIGPIPE ignored (the caller decides; a vanished caller shows as EPIPE/EOF), the rest default.
+
+    Through ``_signal``, with plain ints: ``signal.signal`` maps the previous
+    handler back to an enum, which for the zygote's SIGCHLD handler (a bound
+    method) raises and formats a ValueError inside enum -- about 75 pages of
+    the zygote's heap dirtied, copy-on-write, in every worker.
+    """
+    _signal.signal(_signal.SIGINT, _signal.SIG_IGN)
+    _signal.signal(_signal.SIGPIPE, _signal.SIG_IGN)
+    for signum in (_signal.SIGCHLD, _signal.SIGTERM, _signal.SIGHUP, _signal.SIGUSR1, _signal.SIGUSR2):
+        _signal.signal(signum, _signal.SIG_DFL)
 
 
 def _spare(sock: socket.socket, parent_pid: int) -> int:
