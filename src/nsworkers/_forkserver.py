@@ -202,9 +202,14 @@ class _Zygote:
     def serve(self) -> None:
         pending = select.poll()
         pending.register(self.ctl, select.POLLIN)
+        filling = False
         while True:
-            # Between requests, top up the spares; a waiting request goes first.
-            if len(self.spares) < self.want_spares and not pending.poll(0):
+            # Between requests, refill the spares once they are all used, all at once:
+            # after a fork every page the zygote writes is copied, so forks back to back
+            # copy the request path's pages once per burst, not once per spawn.
+            # A waiting request goes first.
+            filling = len(self.spares) < self.want_spares and (filling or not self.spares)
+            if filling and not pending.poll(0):
                 try:
                     self.fork_spare()
                 except OSError:

@@ -247,7 +247,7 @@ BUSY = "busy"
 
 
 class _Worker:
-    __slots__ = ("calls", "chan", "key", "known", "label", "last_used", "pid", "started", "state")
+    __slots__ = ("calls", "chan", "key", "known", "label", "last_used", "pid", "slot", "started", "state")
 
     def __init__(self, pid: int, chan: proto.Channel, key: Key, label: str) -> None:
         self.pid = pid
@@ -258,6 +258,7 @@ class _Worker:
         self.calls = 0
         self.started = self.last_used = time.monotonic()
         self.known: set[int] = set()  # function numbers this worker keeps (see _index_of)
+        self.slot: _Slot | None = None  # set once the pool files it under its namespace
 
 
 class _Slot:
@@ -654,7 +655,10 @@ class Pool:
             while True:
                 index = call.index
                 learn = index is not None and index not in worker.known
-                codec, payload = call.registration() if learn else (call.codec, call.payload)
+                if learn:
+                    codec, payload = call.registration()
+                else:
+                    codec, payload = call.codec, call.payload
                 try:
                     chan.send(codec, payload)
                 except proto.ChannelClosed:
@@ -783,6 +787,7 @@ class Pool:
         with self._lock:
             slot.spawning -= 1
             slot.workers.append(worker)
+            worker.slot = slot
         return worker
 
     def _start_worker(self, target: _Target, deadline: float | None, timeout: float | None) -> _Worker:
@@ -825,9 +830,9 @@ class Pool:
                 worker.last_used = _monotonic()
                 if healthy and not self._closed and (self._max_tasks is None or worker.calls < self._max_tasks):
                     worker.state = IDLE
-                    self._slots[worker.key].idle.append(worker)
+                    worker.slot.idle.append(worker)  # type: ignore[union-attr]  # (a live worker has its slot)
                     self._lru[worker] = None
-                    if self._reaper is None:
+                    if self._reaper is None and self._idle_timeout is not None:
                         self._start_reaper_locked()
                 else:
                     self._remove_locked(worker)
