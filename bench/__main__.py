@@ -14,6 +14,7 @@ and the ratio to the scenario's reference row.
 from __future__ import annotations
 
 import argparse
+import collections
 import concurrent.futures
 import functools
 import json
@@ -179,6 +180,82 @@ def bench_p1(spaces: Namespaces, reps: int, calls: int) -> list[dict[str, Any]]:
 
 
 # ---------------------------------------------------------------------------
+# P1t: throughput with many caller threads, submit and map (no pinning)
+
+
+def _threaded(threads: int, total: int, call: Callable[[int], None]) -> Callable[[], None]:
+    """*total* calls spread over *threads* caller threads; call(i) gets the call's index."""
+    import threading
+
+    def run() -> None:
+        per = total // threads
+
+        def loop(t: int) -> None:
+            for i in range(per):
+                call(t * per + i)
+
+        workers = [threading.Thread(target=loop, args=(t,)) for t in range(threads)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+
+    return run
+
+
+def _in_flight(submit: Callable[[int], Any], total: int, window: int) -> Callable[[], None]:
+    """*total* calls from one thread, *window* futures in flight at a time."""
+
+    def run() -> None:
+        for start in range(0, total, window):
+            futures = [submit(i) for i in range(start, start + window)]
+            for future in futures:
+                future.result()
+
+    return run
+
+
+def bench_throughput(spaces: Namespaces, reps: int, calls: int) -> list[dict[str, Any]]:
+    """Calls per second into two namespaces (one worker each, as many as CPUs here), against executors of 2."""
+    paths = spaces.make(2)
+    pool = nsworkers.Pool()
+    for path in paths:
+        pool.run(path, noop)
+    mp = __import__("multiprocessing").get_context("fork")
+    ppe = concurrent.futures.ProcessPoolExecutor(2, mp_context=mp)
+    ppe.submit(noop).result()
+    closers: list[Callable[[], None]] = [pool.shutdown, ppe.shutdown]
+    contenders: dict[str, Callable[[], None]] = {
+        "nsworkers run, 1 thread": _threaded(1, calls, lambda i: pool.run(paths[i & 1], noop)),
+        "nsworkers run, 16 threads": _threaded(16, calls, lambda i: pool.run(paths[i & 1], noop)),
+        "nsworkers submit, 64 in flight": _in_flight(lambda i: pool.submit(paths[i & 1], noop), calls, 64),
+        "nsworkers map, 2 ns x calls/2": lambda: collections.deque(pool.map(noop, paths * (calls // 2)), 0).clear(),
+        "ProcessPoolExecutor(2), 16 threads": _threaded(16, calls, lambda i: ppe.submit(noop).result()),
+        "ProcessPoolExecutor(2), 64 in flight": _in_flight(lambda i: ppe.submit(noop), calls, 64),
+    }
+    try:
+        import loky
+
+        lk = loky.get_reusable_executor(2)
+        lk.submit(noop).result()
+        closers.append(lk.shutdown)
+        contenders["loky(2), 64 in flight"] = _in_flight(lambda i: lk.submit(noop), calls, 64)
+    except ImportError:
+        pass
+    samples: dict[str, list[float]] = {name: [] for name in contenders}
+    try:
+        for _ in range(reps):
+            for name, run in contenders.items():
+                start = time.perf_counter()
+                run()
+                samples[name].append((time.perf_counter() - start) / calls * 1e6)
+    finally:
+        for close in closers:
+            close()
+    return _rows("P1t throughput into 2 namespaces, time per call", samples, "nsworkers run, 1 thread", "us")
+
+
+# ---------------------------------------------------------------------------
 # P2: cold worker start from a small and a large caller
 
 _COLD = """
@@ -190,6 +267,7 @@ ballast = bytearray(os.urandom(1 << 20)) * ballast_mb  # touched, resident memor
 stop = threading.Event()
 for _ in range(threads):
     threading.Thread(target=stop.wait, daemon=True).start()
+time.sleep(1)  # a caller that holds the memory, not one still faulting it in while we measure
 pool = nsworkers.Pool(start_method=method, max_workers=len(paths) + 1, spare_workers=spares)
 pool.run(paths[0], int)  # the zygote starts once per pool: not part of a worker's cold start
 # Back to back: each cold call takes the spare the zygote forked while the previous one ran.
@@ -472,9 +550,9 @@ def main() -> None:
     parser.add_argument(
         "scenarios",
         nargs="*",
-        default=["p1", "p2", "p3", "p5", "d"],
-        help="p1 (round trip), p2 (cold start), p3 (cold and warm snapshots of many namespaces), p5 (memory), "
-        "d (discovery)",
+        default=["p1", "p1t", "p2", "p3", "p5", "d"],
+        help="p1 (round trip), p1t (throughput: threads, submit, map), p2 (cold start), p3 (cold and warm "
+        "snapshots of many namespaces), p5 (memory), d (discovery)",
     )
     parser.add_argument("--sizes", default="100,1000", help="namespace counts for p3 (default: 100,1000)")
     parser.add_argument("--sweep", type=int, default=10000, help="namespaces in the p5 sweep (default: 10000)")
@@ -488,6 +566,8 @@ def main() -> None:
     try:
         if "p1" in args.scenarios:
             rows += bench_p1(spaces, args.reps, args.calls)
+        if "p1t" in args.scenarios:
+            rows += bench_throughput(spaces, args.reps, args.calls)
         if "p2" in args.scenarios:
             rows += bench_p2(spaces, args.reps, args.cold)
         if "p5" in args.scenarios:

@@ -375,6 +375,30 @@ def test_max_workers_evicts_least_recently_used(make_netns: Callable[[], str]) -
         assert pool.run(a, pid) == pa
 
 
+def test_a_full_pool_wakes_the_caller_that_can_use_a_freed_worker(make_netns: Callable[[], str]) -> None:
+    # T's worker is busy for long, with a second caller waiting for it; S's worker is busy
+    # briefly; U's caller is starved (the pool is full). When S's call ends, U's caller must
+    # be the one woken (it can evict S's idle worker), not T's, which could do nothing.
+    t, s_, u = (f"/run/netns/{make_netns()}" for _ in range(3))
+    results: list[str] = []
+    with Pool(max_workers=2) as pool:
+        first = threading.Thread(target=lambda: results.append(pool.run(t, sleep_then, 1.5, "t")))
+        first.start()
+        assert wait_for(lambda: len(pool.workers(memory=False)) == 1)
+        second = threading.Thread(target=lambda: results.append(pool.run(t, sleep_then, 0, "t2")))
+        second.start()
+        assert wait_for(lambda: sum(slot.waiters for slot in pool._slots.values()) == 1)
+        short_s = pool.submit(s_, sleep_then, 0.2, "s")
+        assert wait_for(lambda: len(pool.workers(memory=False)) == 2)
+        start = time.monotonic()
+        assert pool.run(u, sleep_then, 0, "u") == "u"
+        assert time.monotonic() - start < 1.0  # not after T's long call
+        first.join(10)
+        second.join(10)
+        assert short_s.result(timeout=10) == "s"
+        assert results == ["t", "t2"]
+
+
 def test_idle_timeout(netns: str) -> None:
     with Pool(idle_timeout=0.2) as pool:
         first = pool.run(netns, pid)

@@ -264,7 +264,7 @@ class _Worker:
 class _Slot:
     """Everything the pool keeps for one namespace identity."""
 
-    __slots__ = ("drains", "idle", "jobs", "key", "label", "spawning", "waiters", "workers")
+    __slots__ = ("cond", "drains", "idle", "jobs", "key", "label", "spawning", "starved", "waiters", "workers")
 
     def __init__(self, key: Key, label: str) -> None:
         self.key = key
@@ -272,7 +272,9 @@ class _Slot:
         self.workers: list[_Worker] = []
         self.idle: list[_Worker] = []
         self.spawning = 0
-        self.waiters = 0
+        self.waiters = 0  # callers waiting for a worker here
+        self.starved = 0  # of those, the ones that could spawn but the pool is at max_workers
+        self.cond: threading.Condition | None = None  # on the pool's lock; made when a caller first waits
         self.drains = 0
         self.jobs: collections.deque[_Job] = collections.deque()
 
@@ -427,7 +429,8 @@ class Pool:
         self._lru: collections.OrderedDict[_Worker, None] = collections.OrderedDict()
         self._total = 0  # live + spawning workers
         self._inflight = 0  # calls running or queued
-        self._sleepers = 0  # threads waiting on self._cond
+        self._sleepers = 0  # threads waiting on self._cond (shutdown waiting for the last calls)
+        self._waiting: dict[_Slot, None] = {}  # slots with starved callers (see _Slot.starved), oldest first
         self._closing = False  # no new calls
         self._closed = False  # workers stopped
         self._threads = _Threads(self._max_workers)
@@ -564,7 +567,7 @@ class Pool:
                     cancelled.extend(slot.jobs)
                     self._inflight -= len(slot.jobs)
                     slot.jobs.clear()
-            self._cond.notify_all()
+            self._wake_all_locked()
         for job in cancelled:
             job.future.cancel()
         if wait:
@@ -762,13 +765,21 @@ class Pool:
                     if remaining is not None and remaining <= 0:
                         self._drop_if_unused_locked(slot)
                         raise WorkerTimeoutError(f"no worker for {target.label} became free within {timeout}s")
+                    starved = len(slot.workers) + slot.spawning < self._per_ns
+                    if slot.cond is None:
+                        slot.cond = threading.Condition(self._lock)
                     slot.waiters += 1
-                    self._sleepers += 1
+                    if starved:  # any worker going idle or away anywhere can help
+                        slot.starved += 1
+                        self._waiting[slot] = None
                     try:
-                        self._cond.wait(remaining)
+                        slot.cond.wait(remaining)
                     finally:
                         slot.waiters -= 1
-                        self._sleepers -= 1
+                        if starved:
+                            slot.starved -= 1
+                            if not slot.starved:
+                                self._waiting.pop(slot, None)
         finally:
             for victim in evicted:
                 self._stop(victim)
@@ -782,7 +793,7 @@ class Pool:
                 slot.spawning -= 1
                 self._total -= 1
                 self._drop_if_unused_locked(slot)
-                self._cond.notify_all()
+                self._wake_locked(slot)
             raise
         with self._lock:
             slot.spawning -= 1
@@ -837,12 +848,36 @@ class Pool:
                 else:
                     self._remove_locked(worker)
                     retire = healthy
-            if self._sleepers:
+                if self._waiting or (worker.slot is not None and worker.slot.waiters):
+                    self._wake_locked(worker.slot)
+            if self._sleepers and not self._inflight:
                 self._cond.notify_all()
         if retire and worker is not None:
             self._stop(worker)
         elif not healthy and worker is not None:
             worker.chan.close()
+
+    def _wake_locked(self, slot: _Slot | None) -> None:
+        """A worker of *slot* became idle, or one went away: wake one caller that can use it.
+
+        A caller waiting on *slot* takes the idle worker or spawns in the room
+        left; otherwise the longest-starved caller of another namespace evicts
+        the idle worker or spawns in the freed capacity. One thread per event,
+        not all of them: with many caller threads, a wake-everyone herd costs
+        more than the calls.
+        """
+        if slot is not None and slot.waiters and slot.cond is not None:
+            slot.cond.notify()
+            return
+        for other in self._waiting:
+            other.cond.notify()  # type: ignore[union-attr]  # (a starved slot has its condition)
+            return
+
+    def _wake_all_locked(self) -> None:
+        for slot in self._slots.values():
+            if slot.cond is not None:
+                slot.cond.notify_all()
+        self._cond.notify_all()
 
     def _remove_locked(self, worker: _Worker) -> None:
         slot = self._slots.get(worker.key)
@@ -1006,7 +1041,7 @@ class Pool:
             workers = [w for slot in self._slots.values() for w in slot.workers]
             for worker in workers:
                 self._remove_locked(worker)
-            self._cond.notify_all()
+            self._wake_all_locked()
         for worker in workers:
             self._stop(worker)
         self._spawner.close()
