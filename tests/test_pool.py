@@ -93,13 +93,26 @@ def main_fn(x):
     return helper(x)
 class Point:
     def __init__(self, x): self.x = x
+class Oops(Exception):
+    pass
+def fail():
+    raise Oops("no")
+def make_point(x):
+    return Point(x)
 with nsworkers.Pool() as pool:
     print(pool.run({netns!r}, main_fn, "!"))
     print(pool.run({netns!r}, lambda p: p.x, Point(7)))
+    # What comes back names the caller's own classes: catchable, isinstance-able.
+    try:
+        pool.run({netns!r}, fail)
+    except Oops as exc:
+        print("caught", exc)
+    print(isinstance(pool.run({netns!r}, make_point, 1), Point))
+    print(type(pool.run({netns!r}, lambda p: p, Point(2))) is Point)
 """
     done = run_python(code)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == ["hi!", "7"]
+    assert done.stdout.split() == ["hi!", "7", "caught", "no", "True", "True"]
 
 
 def keywords(**kwargs: int) -> dict[str, int]:

@@ -70,19 +70,25 @@ class _Pickler(pickle.Pickler):
         return NotImplemented
 
 
-def dumps(obj: object) -> tuple[int, bytes]:
+def dumps(obj: object, *, main_by_name: bool = False) -> tuple[int, bytes]:
     """Serialize *obj*; return ``(codec, payload)``. Raises :class:`SerializationError`.
 
     Plain ``pickle.dumps`` first (the C fast path). If that fails, or its output
     names ``__main__`` (a cheap substring test; a false positive only costs the
     slow path), a pickler that spots code needing to go by value decides.
+
+    *main_by_name*: names in our ``__main__`` are the peer's too, so pickle's
+    references to them can stand. True for a worker's replies: its
+    ``__main__`` only holds what its caller sent from the caller's own
+    (see ``_worker.adopt_main_names``), and by name the caller gets back its
+    own classes -- an exception it can catch, an instance ``isinstance`` knows.
     """
     try:
         data = pickle.dumps(obj, protocol=5)
     except Exception:
         pass
     else:
-        if b"__main__" not in data:
+        if main_by_name or b"__main__" not in data:
             return PICKLE, data
     buf = io.BytesIO()
     try:

@@ -27,6 +27,7 @@ import signal
 import socket
 import sys
 import traceback
+import types
 from collections.abc import Callable
 from typing import Any, NoReturn
 
@@ -275,6 +276,8 @@ def _serve(chan: Channel, links: list[tuple[int, str]]) -> int:
             else:  # (fn, args, kwargs, number): keep fn, the caller will name it by number
                 fn, args, kwargs, number = request
                 functions[number] = fn
+            if codec == DILL:
+                adopt_main_names(fn, args, kwargs)
         except Exception as exc:
             text = (
                 str(exc) if isinstance(exc, SerializationError) else f"cannot deserialize: {type(exc).__name__}: {exc}"
@@ -299,7 +302,7 @@ def _serve(chan: Channel, links: list[tuple[int, str]]) -> int:
                 )
                 return 3
         try:
-            codec, data = dumps(reply)
+            codec, data = dumps(reply, main_by_name=True)
         except SerializationError as exc:
             if reply[0] == OK:
                 codec, data = dumps((UNSENDABLE, str(exc)))
@@ -311,6 +314,26 @@ def _serve(chan: Channel, links: list[tuple[int, str]]) -> int:
             return 4
         send(codec, data)
         del data
+
+
+def adopt_main_names(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    """Put the caller's ``__main__`` classes and functions that came by value under their names in ours.
+
+    They arrive through dill as copies whose ``__module__`` is ``"__main__"``;
+    once this process's ``__main__`` has them under their names, pickle sends
+    results and exceptions that use them back *by name*, and the caller
+    resolves the name in its own ``__main__``: ``except MyError`` catches
+    what the worker raised. Top-level names only (a ``<lambda>`` or a nested
+    class has none).
+    """
+    main = sys.modules["__main__"].__dict__
+    seen = [fn, *getattr(fn, "__globals__", {}).values()]
+    seen += [type(value) for value in (*args, *kwargs.values())]
+    for obj in seen:
+        if isinstance(obj, (type, types.FunctionType)) and getattr(obj, "__module__", None) == "__main__":
+            name = obj.__qualname__
+            if name.isidentifier() and not name.startswith("__"):
+                main[name] = obj
 
 
 def _exception_reply(exc: BaseException) -> tuple[Any, ...]:
