@@ -256,9 +256,20 @@ def _join(targets: list[TargetSpec]) -> tuple[int, str] | None:
     return None
 
 
+_forked = False  # set in a child forked by a callable (os.register_at_fork)
+
+
+def _mark_forked() -> None:
+    global _forked
+    _forked = True
+
+
 def _serve(chan: Channel, links: list[tuple[int, str]]) -> int:
-    my_pid = os.getpid()
-    recv, send, getpid, readlink, pickle_loads = chan.recv, chan.send, os.getpid, os.readlink, pickle.loads
+    # A callable that forks and returns in the child must not reach the channel. Every
+    # fork Python code can return from (os.fork, os.forkpty, multiprocessing) runs the
+    # at-fork hooks; a flag costs nothing per call where getpid() was a system call.
+    os.register_at_fork(after_in_child=_mark_forked)
+    recv, send, readlink, pickle_loads = chan.recv, chan.send, os.readlink, pickle.loads
     functions: dict[int, Any] = {}  # callables the caller names by number (_pool._index_of)
     while True:
         try:
@@ -292,7 +303,7 @@ def _serve(chan: Channel, links: list[tuple[int, str]]) -> int:
             fatal = isinstance(exc, _FATAL_ERRORS)
             reply = _exception_reply(exc)
         del fn, args, kwargs
-        if getpid() != my_pid:
+        if _forked:
             os._exit(0)  # the callable forked and returned in the child: it must not talk
         for fd, expected in links:  # readlink through the O_PATH fd: ~1.5 us per type
             now = readlink("", dir_fd=fd)
