@@ -70,9 +70,9 @@ def spare_main(sock: socket.socket, parent_pid: int) -> NoReturn:
     """Entry point of a spare: a worker forked ahead of need, before its namespaces are known.
 
     It does everything that does not depend on the target (death signal,
-    name, signals, fds), then waits on *sock_fd* for one assignment -- the
+    name, signals, fds), then waits on *sock* for one assignment -- the
     target specs, with the namespace fds and its channel ends by
-    ``SCM_RIGHTS`` on *sock* -- and from there is an ordinary worker. EOF:
+    ``SCM_RIGHTS`` -- and from there is an ordinary worker. EOF:
     not needed after all.
     """
     _exit_with(lambda: _spare(sock, parent_pid))
