@@ -22,13 +22,16 @@ import sys
 import time
 from typing import Any
 
-from . import _sys, _worker
+from . import _worker
 from ._protocol import channel_pipes
 from ._sys import recv_fds
 
 _CTL_BUF = 1 << 16
 _MAX_STATUSES = 4096
 _EXIT_GRACE = 0.1  # seconds a worker that closed its channel gets to finish exiting
+
+#: A spawn request's targets: (index of its fd among the passed fds, CLONE_NEW* flag, type name, (dev, ino)).
+Wire = list[tuple[int, int, str, tuple[int, int]]]
 
 
 def close_all(*fds: int) -> None:
@@ -84,23 +87,38 @@ class _Zygote:
             while len(self.statuses) > _MAX_STATUSES:
                 self.statuses.popitem(last=False)
 
-    def spawn(self, wire: list[tuple[int, int, str, tuple[int, int]]], fds: list[int]) -> None:
+    def spawn(self, wire: Wire, fds: list[int]) -> None:
         if len(fds) != len(wire):
             for fd in fds:
                 os.close(fd)
             self.reply(("error", f"expected {len(wire)} namespace fds, got {len(fds)}"))
             return
-        if self.want_spares:
-            self.spawn_from_spare(wire, fds)
-            return
-        specs = [(fds[i], flag, name, ident) for i, flag, name, ident in wire]
         ours, theirs = channel_pipes()
         try:
-            pid = os.fork()
-        except OSError as exc:
+            if self.want_spares:
+                pid = self.hand_to_spare(wire, fds, theirs)
+            else:
+                pid = self.fork_worker(wire, fds, theirs, ours)
+        except OSError as exc:  # fork failed
             close_all(*ours, *theirs, *fds)
             self.reply(("error", str(exc)))
             return
+        close_all(*theirs, *fds)
+        try:
+            self.reply(("spawned", pid), list(ours))
+        finally:
+            close_all(*ours)
+
+    def fork_worker(
+        self,
+        wire: Wire,
+        fds: list[int],
+        theirs: tuple[int, int],
+        ours: tuple[int, int],
+    ) -> int:
+        """Fork a worker for the target now (no spares)."""
+        specs = [(fds[i], flag, name, ident) for i, flag, name, ident in wire]
+        pid = os.fork()
         if pid == 0:  # pragma: no cover - runs in the worker
             try:
                 _worker.reset_signals()  # first: nothing may run our SIGCHLD handler here
@@ -110,11 +128,7 @@ class _Zygote:
             finally:
                 os._exit(70)
         self.live.add(pid)
-        close_all(*theirs, *fds)
-        try:
-            self.reply(("spawned", pid), list(ours))
-        finally:
-            close_all(*ours)
+        return pid
 
     def fork_spare(self) -> None:
         """Fork a spare worker (see ``_worker.spare_main``) and keep our end of its socket."""
@@ -137,30 +151,19 @@ class _Zygote:
         self.live.add(pid)
         self.spares.append((pid, ours))
 
-    def spawn_from_spare(self, wire: list[tuple[int, int, str, tuple[int, int]]], fds: list[int]) -> None:
-        """Hand the target to a spare: the fork happened before the request (or happens now, if none is left)."""
-        ours, theirs = channel_pipes()
-        try:
-            while True:
-                if not self.spares:
-                    self.fork_spare()
-                pid, sock = self.spares.popleft()
-                try:
-                    socket.send_fds(sock, [pickle.dumps(wire)], [*fds, *theirs])
-                    break
-                except OSError:
-                    continue  # that spare died (SIGCHLD reaps it): take the next
-                finally:
-                    sock.close()
-        except OSError as exc:  # fork failed
-            close_all(*ours, *theirs, *fds)
-            self.reply(("error", str(exc)))
-            return
-        close_all(*theirs, *fds)
-        try:
-            self.reply(("spawned", pid), list(ours))
-        finally:
-            close_all(*ours)
+    def hand_to_spare(self, wire: Wire, fds: list[int], theirs: tuple[int, int]) -> int:
+        """Send the target and the worker's channel ends to a spare (forked ahead, or now if none is left)."""
+        while True:
+            if not self.spares:
+                self.fork_spare()
+            pid, sock = self.spares.popleft()
+            try:
+                socket.send_fds(sock, [pickle.dumps(wire)], [*fds, *theirs])
+                return pid
+            except OSError:
+                continue  # that spare died (SIGCHLD reaps it): take the next
+            finally:
+                sock.close()
 
     def reap(self, pid: int, kill: bool) -> None:
         old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
@@ -232,10 +235,7 @@ class _Zygote:
 def zygote_main(ctl_fd: int) -> None:
     """Entry point of the zygote interpreter (``python -c ...``)."""
     ctl = socket.socket(fileno=ctl_fd)
-    try:
-        _sys.set_process_name("nsw-zygote")
-    except OSError:
-        pass
+    _worker.set_name("nsw-zygote")
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     config = pickle.loads(ctl.recv(_CTL_BUF))
     sys.path[:] = config["sys_path"]

@@ -209,10 +209,7 @@ class _Call:
         self.fn = fn
         self.args = args
         self.kwargs = kwargs
-        index = _fn_index.get(fn) if type(fn) in _CACHEABLE else None  # (hashable: checked first)
-        if index is None:
-            index = _index_of(fn)
-        self.index = index
+        self.index = index = _index_of(fn)
         if index is not None:
             self.codec, self.payload = proto.dumps((index, args, kwargs))
             if self.codec == proto.PICKLE:

@@ -261,14 +261,7 @@ class Channel:
         if data:
             self._pending = b""
         else:
-            if deadline is not None:
-                self._wait(deadline)
-            try:
-                data = _os_read(self.rfd, _READ_SIZE)
-            except OSError as exc:
-                raise ChannelClosed(str(exc)) from None
-            if not data:
-                raise ChannelClosed("channel closed by peer")
+            data = self._read(_READ_SIZE, deadline)
         if len(data) > _HSIZE:
             length, codec = _unpack_from(data)
             if len(data) == _HSIZE + length and codec in CODECS and length <= self.max_frame:

@@ -98,13 +98,17 @@ def _prepare(parent_pid: int, pdeathsig: bool, keep: set[int], name: str) -> boo
         _sys.prctl(_sys.PR_SET_PDEATHSIG, signal.SIGKILL)
         if os.getppid() != parent_pid:
             return False  # parent died before the death signal was armed
-    try:
-        _sys.set_process_name(name)
-    except OSError:
-        pass
+    set_name(name)
     reset_signals()
     _close_fds_except(keep)
     return True
+
+
+def set_name(name: str) -> None:
+    try:
+        _sys.set_process_name(name)
+    except OSError:
+        pass  # only cosmetic: what ps and top show
 
 
 def reset_signals() -> None:
@@ -130,10 +134,7 @@ def _spare(sock: socket.socket, parent_pid: int) -> int:
         return 0  # the zygote no longer needs us
     wire: list[tuple[int, int, str, tuple[int, int]]] = pickle.loads(msg)
     targets = [(fds[i], flag, name, ident) for i, flag, name, ident in wire]
-    try:
-        _sys.set_process_name("nsw-worker")
-    except OSError:
-        pass
+    set_name("nsw-worker")
     return _start((fds[-2], fds[-1]), targets)
 
 
@@ -269,7 +270,7 @@ def _serve(chan: Channel, links: list[tuple[int, str]]) -> int:
     # fork Python code can return from (os.fork, os.forkpty, multiprocessing) runs the
     # at-fork hooks; a flag costs nothing per call where getpid() was a system call.
     os.register_at_fork(after_in_child=_mark_forked)
-    recv, send, readlink, pickle_loads = chan.recv, chan.send, os.readlink, pickle.loads
+    recv, send, readlink = chan.recv, chan.send, os.readlink
     functions: dict[int, Any] = {}  # callables the caller names by number (_pool._index_of)
     while True:
         try:
@@ -277,7 +278,7 @@ def _serve(chan: Channel, links: list[tuple[int, str]]) -> int:
         except ChannelClosed:
             return 0
         try:
-            request = pickle_loads(payload) if codec == PICKLE else loads(codec, payload)
+            request = loads(codec, payload)
             if request is STOP:
                 return 0
             if len(request) == 3:
