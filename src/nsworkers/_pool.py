@@ -611,16 +611,12 @@ class Pool:
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         for attempt in (0, 1):
-            if worker is None:
-                with self._lock:
-                    slot = self._slots.get(target.key)
-                    worker = slot.take_idle(self._lru) if slot is not None else None
-                if worker is None:
-                    try:
-                        worker = self._acquire(target, deadline, timeout)
-                    except BaseException:
-                        self._release(None, False)
-                        raise
+            if worker is None:  # _acquire takes an idle worker first, if there is one
+                try:
+                    worker = self._acquire(target, deadline, timeout)
+                except BaseException:
+                    self._release(None, False)
+                    raise
             try:
                 reply = self._roundtrip(worker, call, deadline, timeout)
             except _StaleWorker:
