@@ -168,3 +168,33 @@ def run_python(code: str, *, no_caps: bool = False, timeout: float = 60) -> subp
     if no_caps:
         cmd = ["setpriv", "--bounding-set=-all", "--inh-caps=-all", *cmd]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, check=False)
+
+
+@pytest.fixture
+def make_mount_ns() -> Iterator[Callable[[str], int]]:
+    """Start processes in private mount namespaces: ``make(script)`` runs *script* (sh) in one, then keeps it alive.
+
+    Returns the holder's pid; its ``/proc/PID/ns/mnt`` is a mount namespace the
+    test shaped (a "container's filesystem"). Every holder is killed after the test.
+    """
+    holders: list[subprocess.Popen[str]] = []
+
+    def make(script: str) -> int:
+        proc = subprocess.Popen(
+            ["unshare", "--mount", "--propagation", "private", "sh", "-c", f"{script}\necho ready\nexec sleep 1000"],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        holders.append(proc)
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        if line.strip() != "ready":
+            raise RuntimeError(f"mount namespace setup failed: {script!r}")
+        return proc.pid
+
+    yield make
+    for proc in holders:
+        proc.kill()
+        proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()

@@ -23,6 +23,18 @@ NS_GET_NSTYPE = 0xB703
 PR_SET_PDEATHSIG = 1
 PR_SET_NAME = 15
 
+# openat2(2) resolve flags, include/uapi/linux/openat2.h
+RESOLVE_NO_XDEV = 0x01
+RESOLVE_NO_MAGICLINKS = 0x02
+RESOLVE_NO_SYMLINKS = 0x04
+RESOLVE_BENEATH = 0x08
+RESOLVE_IN_ROOT = 0x10
+
+# System call numbers shared by every architecture (include/uapi/asm-generic/unistd.h).
+SYS_PIDFD_OPEN = 434
+SYS_OPENAT2 = 437
+SYS_PIDFD_GETFD = 438
+
 _libc: Any = None
 
 
@@ -99,3 +111,23 @@ def recv_fds(sock: socket.socket, bufsize: int, maxfds: int) -> tuple[bytes, lis
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
             fds.frombytes(data[: len(data) - (len(data) % fds.itemsize)])
     return msg, list(fds), flags, addr
+
+
+def openat2(dir_fd: int, path: str, flags: int, resolve: int, mode: int = 0) -> int:
+    """``openat2(2)`` (Linux 5.6+): open *path* relative to *dir_fd* under the *resolve* restrictions."""
+    import ctypes
+
+    class OpenHow(ctypes.Structure):
+        _fields_ = (("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64))
+
+    how = OpenHow(flags, mode, resolve)
+    libc = _get_libc()
+    libc.syscall.restype = ctypes.c_long
+    fd = libc.syscall(
+        ctypes.c_long(SYS_OPENAT2),
+        ctypes.c_int(dir_fd),
+        ctypes.c_char_p(os.fsencode(path)),
+        ctypes.byref(how),
+        ctypes.c_size_t(ctypes.sizeof(how)),
+    )
+    return _check(int(fd))

@@ -25,6 +25,7 @@ import os
 import pickle
 import signal
 import socket
+import stat
 import sys
 import traceback
 import types
@@ -145,10 +146,12 @@ def _main(fds: tuple[int, int], targets: list[TargetSpec], parent_pid: int, pdea
 
 
 def _start(fds: tuple[int, int], targets: list[TargetSpec]) -> int:
-    global _ns_dir
+    global _ns_dir, _caller_root
     # Opened before joining: after a mount-namespace join /proc may be another
     # pid namespace's procfs, where /proc/self does not resolve.
     _ns_dir = os.open("/proc/self/ns", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    if any(t[2] == "mnt" for t in targets):
+        _caller_root = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
 
     chan = Channel(*fds)
     failure = _join(targets)
@@ -255,6 +258,48 @@ def _join(targets: list[TargetSpec]) -> tuple[int, str] | None:
         if now != ident:
             return errno.EINVAL, f"joined {name} but /proc/self/ns shows inode {now[1]}, expected {ident[1]}"
     return None
+
+
+#: The caller's root directory (an ``O_PATH`` fd) in a worker that joined a
+#: mount namespace, taken before the join; -1 elsewhere. See :func:`caller_open`.
+_caller_root = -1
+
+
+def caller_open(path: str) -> int:
+    """Open the regular file *path* for reading as the *caller's* filesystem shows it.
+
+    Files a worker reads on the caller's behalf (iproute2's name tables) must
+    not come from a target's filesystem: a container chooses what its own
+    ``/etc`` holds. In a worker that joined a mount namespace, *path* resolves
+    under the caller's root taken before the join (``openat2`` with
+    ``RESOLVE_IN_ROOT``, so ``..`` and absolute symlinks cannot leave it);
+    anywhere else it is a plain open. Anything but a regular file raises
+    ``OSError`` without being opened for I/O. The fd is ``O_CLOEXEC``.
+    """
+    if _caller_root >= 0:
+        relative = path.lstrip("/") or "."
+        resolve = _sys.RESOLVE_IN_ROOT | _sys.RESOLVE_NO_MAGICLINKS
+
+        def opener(flags: int) -> int:
+            return _sys.openat2(_caller_root, relative, flags | os.O_CLOEXEC, resolve)
+    else:
+
+        def opener(flags: int) -> int:
+            return os.open(path, flags | os.O_CLOEXEC)
+
+    probe = opener(os.O_PATH)
+    try:
+        st = os.fstat(probe)
+    finally:
+        os.close(probe)
+    if not stat.S_ISREG(st.st_mode):
+        raise OSError(errno.EINVAL, f"not a regular file: {path}")
+    fd = opener(os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
+    now = os.fstat(fd)
+    if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
+        os.close(fd)
+        raise OSError(errno.EAGAIN, f"{path} was replaced while it was opened")
+    return fd
 
 
 _forked = False  # set in a child forked by a callable (os.register_at_fork)
@@ -369,7 +414,7 @@ def _raw_exception(exc: BaseException, tb: str) -> tuple[Any, ...]:
     return (RAISED_RAW, f"{kind.__module__}.{kind.__qualname__}", message, tb)
 
 
-__all__ = ("DILL", "PICKLE", "child_main", "spare_main")
+__all__ = ("DILL", "PICKLE", "caller_open", "child_main", "spare_main")
 
 if sys.platform != "linux":  # pragma: no cover
     raise ImportError("nsworkers runs on Linux only")
