@@ -388,9 +388,7 @@ def bench_snapshots(spaces: Namespaces, reps: int, sizes: list[int]) -> list[dic
                 samples[name].append(time.perf_counter() - start)
         rows += _rows(f"P3 cold snapshot of {size} namespaces (links+addresses+routes)", samples,
                       "nsworkers inspect() (new pool)", "s")  # fmt: skip
-        with nsworkers.Pool(
-            max_workers=size + 8, idle_timeout=None, preload=("nsworkers.netlink", "nsworkers._rtnl")
-        ) as pool:
+        with nsworkers.Pool(max_workers=size + 8, idle_timeout=None, preload=("nsworkers.netlink",)) as pool:
             snap_nsworkers(paths, pool)  # warm every worker
             warm: dict[str, list[float]] = {
                 "nsworkers inspect() on a warm pool": [],
@@ -432,7 +430,7 @@ def bench_memory(spaces: Namespaces, sweep: int) -> list[dict[str, Any]]:
     from nsworkers import netlink
 
     (path,) = spaces.make(1)
-    with nsworkers.Pool(preload=("nsworkers.netlink", "nsworkers._rtnl")) as pool:
+    with nsworkers.Pool(preload=("nsworkers.netlink",)) as pool:
         pool.run(path, int)
         idle = pool.workers()[0].uss or 0
         pool.run(path, netlink.snapshot)

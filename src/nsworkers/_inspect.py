@@ -95,7 +95,7 @@ def inspect(
         pool = Pool(
             max_workers=jobs or 2 * (os.cpu_count() or 1),
             idle_timeout=None,
-            preload=("nsworkers.netlink", "nsworkers._rtnl"),
+            preload=("nsworkers.netlink",),
         )
     runner = pool.options(timeout=timeout)
     try:

@@ -44,13 +44,13 @@ def watch(
     from ._inspect import _name_of, network_namespaces
 
     sections = tuple(what)
-    unknown = [w for w in sections if w not in netlink._GROUPS]
+    unknown = [w for w in sections if w not in netlink._events.GROUPS]
     if unknown:
-        raise ValueError(f"unknown section(s) {unknown}; choose from {sorted(netlink._GROUPS)}")
+        raise ValueError(f"unknown section(s) {unknown}; choose from {sorted(netlink._events.GROUPS)}")
     everything = namespaces is None
     own = pool is None
     if pool is None:
-        pool = Pool(max_workers=4096, idle_timeout=None, preload=("nsworkers.netlink", "nsworkers._rtnl"))
+        pool = Pool(max_workers=4096, idle_timeout=None, preload=("nsworkers.netlink",))
     done: SimpleQueue[tuple[str, Future[Any]]] = SimpleQueue()
     watched: dict[str, tuple[int, str]] = {}  # path -> (inode, unique id)
 
