@@ -11,27 +11,37 @@ import sys
 from collections.abc import Sequence
 from typing import Any, TextIO
 
+from ._cliargs import (
+    EXIT_CODES,
+    HelpFormatter,
+    Parser,
+    add_command,
+    comma_list,
+    examples_text,
+    positive_float,
+    positive_int,
+    privilege_hint,
+)
+
 EXIT_OK = 0  # every namespace inspected
 EXIT_FAILED = 1  # some namespaces failed (their entries say why); the rest was printed
 EXIT_USAGE = 2  # bad command line
 EXIT_ERROR = 3  # nothing could be done (no permission, no namespace at all ...)
 
-_EPILOG = """\
-examples:
-  nsworkers demo                           build a throwaway topology, inspect it, remove it
-  nsworkers inspect                        links, addresses, routes of every network namespace
-  nsworkers inspect blue red --what links,neighbours --format jsonl
-  nsworkers inspect /proc/1234/ns/net --format table
-  nsworkers watch blue red --what links,addresses   change events as JSON lines, until Ctrl-C
-  nsworkers ls                             every network namespace: named, held by a process, thread,
-                                           bind mount or open fd
-  nsworkers ls --type all --json           every namespace of every type, as JSON
-  nsworkers ls --runtime docker            network namespaces of Docker containers
-  nsworkers inspect --pod kube-system/coredns --format table
-
-exit codes: 0 all namespaces ok, 1 some failed (their entries carry the
-error), 2 bad command line, 3 nothing could be done.
-"""
+_EPILOG = (
+    examples_text(
+        [
+            ("nsworkers demo", "build a throwaway topology, inspect it, remove it"),
+            ("nsworkers ls", "every network namespace: named, held by a process, thread, bind mount or fd"),
+            ("nsworkers inspect", "links, addresses, routes of every network namespace, as JSON"),
+            ("nsworkers inspect blue red --what links,neighbours --format jsonl", ""),
+            ("nsworkers watch blue red --what links,addresses", "change events as JSON lines, until Ctrl-C"),
+            ("nsworkers COMMAND --help", "what a command does, its options and examples"),
+        ]
+    )
+    + "\n\n"
+    + EXIT_CODES
+)
 
 
 def _matches(attribution: Any, args: argparse.Namespace) -> bool:
@@ -120,16 +130,6 @@ def _target(arg: str) -> str:
     return path_of(arg)
 
 
-def _sections(arg: str) -> list[str]:
-    from .netlink import SECTIONS
-
-    names = [w.strip() for w in arg.split(",") if w.strip()]
-    unknown = [w for w in names if w not in SECTIONS]
-    if unknown or not names:
-        raise argparse.ArgumentTypeError(f"unknown section(s) {unknown}; choose from {','.join(SECTIONS)}")
-    return names
-
-
 def _table(entries: list[dict[str, Any]], out: TextIO) -> None:
     rows = [("NAMESPACE", "IFNAME", "STATE", "MTU", "ADDRESSES")]
     for entry in entries:
@@ -203,9 +203,7 @@ def _cmd_watch(args: argparse.Namespace) -> int:
     from ._watch import watch
 
     namespaces = args.namespaces if args.namespaces and not args.all else None
-    what = [w for w in args.what if w in ("links", "addresses", "routes", "neighbours")]
-    if not what:
-        raise SystemExit("nsworkers watch: --what takes links, addresses, routes, neighbours")
+    what = args.what
     end = None if args.duration is None else time.monotonic() + args.duration
     seen = 0
     stream = watch(namespaces, what, poll=0.5 if end is not None else 1.0)
@@ -228,78 +226,123 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return demo(sys.stdout)
 
 
-def _subcommand(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
-    parser: argparse.ArgumentParser = sub.add_parser(
-        name, help=help_text, epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    return parser
-
-
 def _add_targets(parser: argparse.ArgumentParser, all_help: str) -> None:
     parser.add_argument("namespaces", nargs="*", type=_target, metavar="NS", help="a name in /run/netns or a path")
     parser.add_argument("--all", action="store_true", help=all_help)
 
 
+def _inspect_sections() -> list[str]:
+    from .netlink import SECTIONS
+
+    return list(SECTIONS)
+
+
+def _watch_sections() -> list[str]:
+    from .netlink import _GROUPS
+
+    return [s for s in ("links", "addresses", "routes", "neighbours") if s in _GROUPS]
+
+
 def build_parser() -> argparse.ArgumentParser:
+    """The whole command line; each subcommand is built with :func:`._cliargs.add_command`."""
     from . import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="nsworkers",
         description="Run Python code inside Linux namespaces; inspect many namespaces at once.",
         epilog=_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"nsworkers {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    ls = sub.add_parser(
+
+    ls = add_command(
+        sub,
         "ls",
-        help="namespaces on this host: named, held by processes, threads, bind mounts or fds",
-        epilog=_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        summary="namespaces on this host: named, held by processes, threads, bind mounts or fds",
+        description="List every namespace on this host, like lsns but also the ones only a bind mount, "
+        "a single thread or an open fd keeps alive, with the container or pod each belongs to.",
+        examples=[
+            ("nsworkers ls", "every network namespace, as a table"),
+            ("nsworkers ls --type all --json", "every namespace of every type, as JSON"),
+            ("nsworkers ls --runtime docker", "network namespaces of Docker containers"),
+        ],
     )
     ls.add_argument("--json", action="store_true", help='print {"namespaces": [...]} (schema in the README)')
     ls.add_argument(
         "--type",
         type=_types,
-        default=["net"],
-        help="comma-separated types (net,uts,ipc,mnt,pid,user,cgroup,time) or all",
+        default="net",
+        metavar="TYPES",
+        help="comma-separated, of: net, uts, ipc, mnt, pid, user, cgroup, time; or all",
     )
     _add_filters(ls)
     ls.set_defaults(func=_cmd_ls)
 
-    ins = _subcommand(sub, "inspect", "links, addresses, routes ... of many network namespaces, as JSON or a table")
+    ins = add_command(
+        sub,
+        "inspect",
+        summary="links, addresses, routes ... of many network namespaces, as JSON or a table",
+        description="Read links, addresses, routes (and more) of many network namespaces in parallel, "
+        "each shaped exactly like `ip -j` prints it. Without NS: every network namespace on the host.",
+        examples=[
+            ("nsworkers inspect", "links, addresses and routes of every network namespace, as JSON"),
+            ("nsworkers inspect blue red --what links,neighbours --format jsonl", "two named namespaces"),
+            ("nsworkers inspect /proc/1234/ns/net --format table", "the namespace of process 1234"),
+            ("nsworkers inspect --pod kube-system/coredns --format table", "a Kubernetes pod's namespace"),
+        ],
+    )
     _add_targets(ins, "every network namespace on the host (the default)")
     ins.add_argument(
         "--what",
-        type=_sections,
-        default=["links", "addresses", "routes"],
-        help="comma-separated sections: links,addresses,routes,neighbours,rules (default: links,addresses,routes)",
+        type=comma_list(_inspect_sections, what="section"),
+        default="links,addresses,routes",
+        metavar="SECTIONS",
+        help="comma-separated, of: links, addresses, routes, neighbours, rules, conntrack, xfrm_policies, xfrm_states",
     )
-    ins.add_argument("--format", choices=("json", "jsonl", "table"), default="json", help="output format")
-    ins.add_argument("--jobs", type=int, default=None, help="namespaces in flight at once (default: 2 x CPUs)")
-    ins.add_argument("--timeout", type=float, default=30.0, help="seconds per namespace (default: 30)")
+    ins.add_argument(
+        "--format", choices=("json", "jsonl", "table"), default="json", metavar="FORMAT", help="json, jsonl or table"
+    )
+    ins.add_argument(
+        "--jobs", type=positive_int, default=None, metavar="N", help="namespaces in flight at once (default: 2 x CPUs)"
+    )
+    ins.add_argument("--timeout", type=positive_float, default=30.0, metavar="SECONDS", help="time per namespace")
     _add_filters(ins)
     ins.set_defaults(func=_cmd_inspect)
 
-    wat = _subcommand(
-        sub, "watch", "one merged stream of link/address/route/neighbour changes from many namespaces (JSON lines)"
+    wat = add_command(
+        sub,
+        "watch",
+        summary="one merged stream of link/address/route/neighbour changes from many namespaces (JSON lines)",
+        description="Print change events (links, addresses, routes, neighbours) of many network namespaces "
+        "as JSON lines, as the kernel reports them, until Ctrl-C, --count or --duration. Without NS: every "
+        "network namespace, also ones created later.",
+        examples=[
+            ("nsworkers watch", "every network namespace, until Ctrl-C"),
+            ("nsworkers watch blue red --what links,addresses --count 10", "stop after 10 changes"),
+            ("nsworkers watch blue --duration 60", "one minute of changes in blue"),
+        ],
     )
     _add_targets(wat, "every network namespace, also ones that appear (the default)")
     wat.add_argument(
         "--what",
-        type=_sections,
-        default=["links", "addresses", "routes", "neighbours"],
-        help="comma-separated: links,addresses,routes,neighbours (default: all four)",
+        type=comma_list(_watch_sections, what="section"),
+        default="links,addresses,routes,neighbours",
+        metavar="SECTIONS",
+        help="comma-separated, of: links, addresses, routes, neighbours",
     )
-    wat.add_argument("--count", type=int, default=0, help="stop after this many change events")
-    wat.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    wat.add_argument("--count", type=positive_int, default=None, metavar="N", help="stop after N change events")
+    wat.add_argument("--duration", type=positive_float, default=None, metavar="SECONDS", help="stop after SECONDS")
     wat.set_defaults(func=_cmd_watch)
 
-    demo = sub.add_parser(
+    demo = add_command(
+        sub,
         "demo",
-        help="build a throwaway topology, inspect it, print the table, remove it",
-        epilog=_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        summary="build a throwaway topology, inspect it, print the table, remove it",
+        description="Create three network namespaces joined by veth pairs and a bridge, with IPv4 and IPv6 "
+        "addresses and routes; inspect them in parallel, print the table, remove everything. Needs root "
+        "(or a user namespace of your own, see the hint it prints).",
+        examples=[("nsworkers demo", ""), ("sudo nsworkers demo", "as a non-root user")],
     )
     demo.set_defaults(func=_cmd_demo)
     return parser
@@ -308,7 +351,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``nsworkers`` console script."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    command_parser = getattr(args, "_parser", parser)
+    if extra:
+        command_parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_USAGE
@@ -322,6 +368,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_OK
     except (NsWorkersError, OSError) as exc:
         print(f"nsworkers: {exc}", file=sys.stderr)
+        hint = privilege_hint(exc, f"nsworkers {args.command}")
+        if hint:
+            print(hint, file=sys.stderr)
         return EXIT_ERROR
 
 
