@@ -148,18 +148,20 @@ def test_process_in_its_own_net_uts_ipc(spawn: Callable[..., subprocess.Popen[st
 
 
 def test_same_namespaces_and_pids_as_lsns(spawn: Callable[..., subprocess.Popen[str]]) -> None:
+    # Compared on the namespaces this test made only: other processes on the host come and go.
     proc = spawn("unshare", "-n", "-u", "sleep", "60")
-    wait_unshared(proc.pid, "net")
+    first = wait_unshared(proc.pid, "net")
+    second = spawn("nsenter", "-t", str(first), "-n", "-u", "sleep", "60").pid
+    assert wait_for(lambda: os.readlink(f"/proc/{second}/ns/uts") == os.readlink(f"/proc/{first}/ns/uts"))
+    mine = {(kind, inode(f"/proc/{first}/ns/{kind}")) for kind in ("net", "uts")}
     lsns = json.loads(subprocess.run(["lsns", "-J"], capture_output=True, text=True, check=True).stdout)["namespaces"]
+    rows = {(row["type"], int(row["ns"])): row for row in lsns if (row["type"], int(row["ns"])) in mine}
     ours = {(ns.type.value, ns.inode): ns for ns in nsworkers.discover()}
-    for row in lsns:
-        key = (row["type"], int(row["ns"]))
-        assert key in ours, row
-        if not psutil.pid_exists(int(row["pid"])):
-            continue  # exited between the two scans
-        ns = ours[key]
-        assert int(row["pid"]) in ns.pids
-        assert abs(len(ns.pids) - int(row["nprocs"])) <= 3  # processes come and go between the scans
+    assert set(rows) == mine
+    for key, row in rows.items():
+        assert int(row["nprocs"]) == 2
+        assert int(row["pid"]) == min(first, second)
+        assert sorted(ours[key].pids) == sorted([first, second])
 
 
 def test_user_and_pid_relations(spawn: Callable[..., subprocess.Popen[str]]) -> None:
