@@ -121,12 +121,20 @@ def test_cli_help_is_cheap() -> None:
 
 
 def test_demo_leaves_nothing() -> None:
-    before = set(os.listdir("/run/netns")) if os.path.isdir("/run/netns") else set()
-    done = cli("demo")
-    assert done.returncode == 0, done.stderr
-    assert "10.77.0.1/24" in done.stdout and "br0" in done.stdout
-    after = set(os.listdir("/run/netns")) if os.path.isdir("/run/netns") else set()
-    assert after <= before
+    src = os.path.dirname(os.path.dirname(os.path.abspath(nsworkers.__file__)))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nsworkers", "demo"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=src),
+    )
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert "10.77.0.1/24" in out and "br0" in out
+    # the demo names its namespaces nsw-demo-PID-ROLE: none of its own may be left
+    left = os.listdir("/run/netns") if os.path.isdir("/run/netns") else []
+    assert [n for n in left if n.startswith(f"nsw-demo-{proc.pid}-")] == []
 
 
 def test_ls(make_netns: Callable[[], str]) -> None:

@@ -136,3 +136,86 @@ def test_watch_bad_section() -> None:
         next(nsworkers.watch(["/proc/self/ns/net"], ("bogus",)))
     with pytest.raises(ValueError):
         netlink.watch_events(("bogus",))
+
+
+def cli_watch(*args: str) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(nsworkers.__file__))))
+    return subprocess.run(
+        [sys.executable, "-m", "nsworkers", "watch", *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+
+
+def test_watch_duration_ends_a_quiet_stream(make_netns: Callable[[], str]) -> None:
+    name = make_netns()
+    events: list[dict[str, Any]] = []
+    stream = nsworkers.watch([f"/run/netns/{name}"], ("links",), duration=0.5)
+    reader = threading.Thread(target=lambda: events.extend(stream))
+    reader.start()
+    reader.join(60)  # no event ever comes: only the deadline can end it
+    assert not reader.is_alive()
+    assert [e["event"] for e in events] == ["joined"]
+
+
+def test_cli_watch_duration_and_exit_codes(make_netns: Callable[[], str]) -> None:
+    name = make_netns()
+    done = cli_watch(name, "--duration", "0.5")
+    assert done.returncode == 0, done.stderr
+    assert [json.loads(line)["event"] for line in done.stdout.splitlines()] == ["joined"]
+
+    done = cli_watch("/run/netns/nsw-missing-w", "--duration", "0.5")
+    assert done.returncode == 3  # nothing could be watched, like inspect
+    assert "Traceback" not in done.stderr and len(done.stderr.splitlines()) == 1
+
+    done = cli_watch(name, "/run/netns/nsw-missing-w", "--duration", "0.5")
+    assert done.returncode == 1  # some failed
+    assert [json.loads(line)["event"] for line in done.stdout.splitlines()] == ["joined", "error"]
+
+
+def test_network_namespaces_skips_namespaces_only_workers_keep(pool: Pool, make_netns: Callable[[], str]) -> None:
+    name = make_netns()
+    path = f"/run/netns/{name}"
+    ino = os.stat(path).st_ino
+    worker = pool.run(path, os.getpid)
+    ip("netns", "del", name)
+    assert os.stat(f"/proc/{worker}/ns/net").st_ino == ino  # the worker keeps it alive ...
+    assert any(ns.inode == ino for ns in nsworkers.discover(["net"]))  # ... discovery sees it ...
+    inodes = set()
+    for found in nsworkers.network_namespaces():
+        try:
+            inodes.add(os.stat(found).st_ino)
+        except OSError:
+            continue  # someone else's, gone meanwhile
+    assert ino not in inodes  # ... but it is no namespace to inspect or watch
+
+
+def test_watch_everything_one_left_and_no_rejoin(pool: Pool, make_netns: Callable[[], str]) -> None:
+    # A outlives its name (a process is in it); its worker too (the caller's pool keeps it).
+    # After "left", A must not come back through /proc/PID/ns/net of the process or the worker.
+    a = make_netns()
+    a_id = f"net:[{os.stat(f'/run/netns/{a}').st_ino}]"
+    holder = subprocess.Popen(["ip", "netns", "exec", a, "sleep", "120"])
+    b = ""
+    events: list[dict[str, Any]] = []
+    stream = nsworkers.watch(None, ("links",), pool=pool, poll=0.2, rescan=0.1, duration=120)
+    try:
+        for event in stream:
+            if event.get("id") == a_id or (b and event.get("name") == b):
+                events.append(event)
+            if event.get("id") == a_id and event["event"] == "joined" and event.get("name") == a:
+                ip("netns", "del", a)
+            elif event.get("id") == a_id and event["event"] == "left":
+                b = make_netns()  # its "joined" proves rescans ran after A left
+            elif b and event.get("name") == b and event["event"] == "joined":
+                break
+        assert holder.poll() is None  # A still existed all along, reachable through the holder
+    finally:
+        stream.close()
+        holder.kill()
+        holder.wait()
+    assert [(e["event"], e.get("name")) for e in events] == [("joined", a), ("left", a), ("joined", b)]
+    assert events[1]["reason"] == "namespace gone" and "error" not in events[1]

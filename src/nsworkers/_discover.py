@@ -132,6 +132,20 @@ def _comm(pid: int) -> str | None:
         return None
 
 
+#: /proc/PID/comm of nsworkers' own processes (set in ``_worker`` and ``_forkserver``)
+PROCESS_NAMES = frozenset({"nsw-worker", "nsw-spare", "nsw-zygote"})
+
+
+def held_only_by_nsworkers(ns: DiscoveredNamespace) -> bool:
+    """True if nothing but nsworkers processes (and this process's fds) keeps *ns* alive: no bind mount,
+    no other process or thread in it, no other process holding it."""
+    if "bindmount" in ns.sources or ns.tids:
+        return False
+    me = os.getpid()
+    members = [pid for pid in [*ns.pids, *ns.holders] if pid != me]
+    return bool(members) and all((ns.commands.get(pid) or _comm(pid)) in PROCESS_NAMES for pid in members)
+
+
 def _unescape(path: str) -> str:
     # mountinfo escapes space, tab, newline and backslash as \\ooo
     out, i = [], 0

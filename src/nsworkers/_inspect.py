@@ -32,11 +32,14 @@ def network_namespaces() -> list[str]:
 
     Found by :func:`nsworkers.discover`: named and otherwise bind-mounted
     namespaces, those only processes or threads are in, and those only an
-    open fd keeps alive.
+    open fd keeps alive. Left out: namespaces that only nsworkers' own
+    processes keep alive (a worker still in a namespace whose name was
+    deleted is not a namespace of the host's, and following it would
+    keep it alive for ever).
     """
-    from ._discover import discover
+    from ._discover import discover, held_only_by_nsworkers
 
-    return _paths(discover(["net"], relations=False, attribute=False))
+    return _paths([ns for ns in discover(["net"], relations=False, attribute=False) if not held_only_by_nsworkers(ns)])
 
 
 def _paths(found: list[Any]) -> list[str]:

@@ -198,26 +198,37 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def _cmd_watch(args: argparse.Namespace) -> int:
-    import time
-
     from ._watch import watch
 
     namespaces = args.namespaces if args.namespaces and not args.all else None
-    what = args.what
-    end = None if args.duration is None else time.monotonic() + args.duration
-    seen = 0
-    stream = watch(namespaces, what, poll=0.5 if end is not None else 1.0)
+    changes = joined = 0
+    errors: list[str] = []
+    stream = watch(namespaces, args.what, duration=args.duration)
     try:
         for event in stream:
             sys.stdout.write(json.dumps(event) + "\n")
             sys.stdout.flush()
-            if event["event"] in ("new", "del"):
-                seen += 1
-            if (args.count and seen >= args.count) or (end is not None and time.monotonic() >= end):
-                break
+            if event["event"] == "joined":
+                joined += 1
+            elif "error" in event:
+                errors.append(event["error"])
+                print(f"nsworkers: {event['namespace']}: {event['error']}", file=sys.stderr)
+            elif event["event"] in ("new", "del"):
+                changes += 1
+                if args.count is not None and changes >= args.count:
+                    break
     finally:
         stream.close()
-    return EXIT_OK
+    return _exit_code(errors, joined + len(errors), "nsworkers watch")
+
+
+def _exit_code(errors: list[str], targets: int, command: str) -> int:
+    """0 all fine, 1 some failed, 3 all failed (with a hint when privileges are why)."""
+    if not errors:
+        return EXIT_OK
+    if any("Errno 1]" in e or "Errno 13]" in e or "Operation not permitted" in e for e in errors):
+        print(privilege_hint(PermissionError(), command), file=sys.stderr)
+    return EXIT_ERROR if len(errors) >= targets else EXIT_FAILED
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -238,9 +249,9 @@ def _inspect_sections() -> list[str]:
 
 
 def _watch_sections() -> list[str]:
-    from .netlink import _GROUPS
+    from .netlink._events import GROUPS
 
-    return [s for s in ("links", "addresses", "routes", "neighbours") if s in _GROUPS]
+    return [s for s in ("links", "addresses", "routes", "neighbours") if s in GROUPS]
 
 
 def build_parser() -> argparse.ArgumentParser:
