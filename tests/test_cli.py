@@ -31,6 +31,10 @@ BAD_VALUES = [
     (["ls", "--type", "bogus"], "--type"),
     (["ls", "--bogus"], "--bogus"),
     (["demo", "extra"], "extra"),
+    (["topology", "--format", "gif"], "--format"),
+    (["sockets", "--port", "0"], "--port"),
+    (["find", "eth0"], "TERM"),
+    (["find", ":70000"], "TERM"),
     (["bogus"], "bogus"),
 ]
 

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from ._attribution import Attribution as Attribution
     from ._discover import DiscoveredNamespace as DiscoveredNamespace
     from ._discover import discover as discover
+    from ._find import find as find
     from ._inspect import inspect as inspect
     from ._inspect import network_namespaces as network_namespaces
     from ._namespace import SO_MARK as SO_MARK
@@ -32,6 +33,8 @@ if TYPE_CHECKING:
     from ._pool import WorkerInfo as WorkerInfo
     from ._pool import default_pool as default_pool
     from ._pool import run as run
+    from ._topology import Topology as Topology
+    from ._topology import topology as topology
     from ._watch import watch as watch
     from .errors import AmbiguousContainerError as AmbiguousContainerError
     from .errors import InvalidTargetError as InvalidTargetError
@@ -98,6 +101,9 @@ _LAZY = {
     "DiscoveredNamespace": ("._discover", "DiscoveredNamespace"),
     "network_namespaces": ("._inspect", "network_namespaces"),
     "watch": ("._watch", "watch"),
+    "find": ("._find", "find"),
+    "Topology": ("._topology", "Topology"),
+    "topology": ("._topology", "topology"),
     "netlink": (".netlink", None),
     "netns": (".netns", None),
     "cli": (".cli", None),
@@ -150,6 +156,7 @@ __all__ = (
     "RemoteTraceback",
     "SerializationError",
     "Target",
+    "Topology",
     "WorkerCrashedError",
     "WorkerError",
     "WorkerInfo",
@@ -158,10 +165,12 @@ __all__ = (
     "WorkerTimeoutError",
     "default_pool",
     "discover",
+    "find",
     "inspect",
     "netlink",
     "netns",
     "network_namespaces",
     "run",
+    "topology",
     "watch",
 )

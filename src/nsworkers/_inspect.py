@@ -60,6 +60,26 @@ def _label(target: object) -> str:
     return os.fspath(target) if isinstance(target, (str, os.PathLike)) else repr(target)
 
 
+def batch_targets(namespaces: Iterable[Any] | None, attribution: bool) -> tuple[list[Any], dict[str, Any]]:
+    """A batch's targets (every network namespace if *namespaces* is None) and ``{unique id: Attribution}``.
+
+    One discovery scan serves both the target list and the owners.
+    """
+    owners: dict[str, Any] = {}
+    found: list[Any] = []
+    if namespaces is None or attribution:
+        from ._discover import discover
+
+        found = discover(["net"], relations=False, attribute=attribution)
+        owners = {ns.unique_id: ns.attribution for ns in found}
+    return (_paths(found) if namespaces is None else list(namespaces)), owners
+
+
+def batch_pool(jobs: int | None, preload: tuple[str, ...]) -> Pool:
+    """The pool a batch makes for itself: *jobs* workers at a time (default twice the CPUs), never idle-reaped."""
+    return Pool(max_workers=jobs or 2 * (os.cpu_count() or 1), idle_timeout=None, preload=preload)
+
+
 def inspect(
     namespaces: Iterable[str | os.PathLike[str] | Namespace] | None = None,
     what: Sequence[str] = ("links", "addresses", "routes"),
@@ -69,6 +89,7 @@ def inspect(
     timeout: float | None = 30.0,
     attempts: int = 5,
     attribution: bool = True,
+    socket_users: bool = True,
 ) -> Iterator[Entry]:
     """Snapshot each namespace (every network namespace on the host by default); yield entries as they complete.
 
@@ -78,7 +99,10 @@ def inspect(
     stays bounded however many namespaces there are: at most ``2 * jobs``
     calls are queued and the pool's ``max_workers`` caps live workers.
     With *attribution*, each entry says which container, pod or unit the
-    namespace belongs to (``"attribution"``, None when unknown).
+    namespace belongs to (``"attribution"``, None when unknown). With
+    *socket_users*, each record of the ``sockets`` and ``unix_sockets``
+    sections gets ``"users"``: the processes holding it, found in this
+    process's ``/proc`` (see :mod:`nsworkers._sockets`).
     """
     from . import netlink
 
@@ -86,20 +110,14 @@ def inspect(
     unknown = [w for w in sections if w not in netlink.SECTIONS]
     if unknown:
         raise ValueError(f"unknown section(s) {unknown}; choose from {sorted(netlink.SECTIONS)}")
-    owners: dict[str, Any] = {}
-    if namespaces is None or attribution:  # one scan serves both the target list and the owners
-        from ._discover import discover
+    users = None
+    if socket_users and {"sockets", "unix_sockets"} & set(sections):
+        from ._sockets import SocketUsers
 
-        found = discover(["net"], relations=False, attribute=attribution)
-        owners = {ns.unique_id: ns.attribution for ns in found}
-    targets = _paths(found) if namespaces is None else list(namespaces)
+        users = SocketUsers()
+    targets, owners = batch_targets(namespaces, attribution)
     own = pool is None
-    if pool is None:
-        pool = Pool(
-            max_workers=jobs or 2 * (os.cpu_count() or 1),
-            idle_timeout=None,
-            preload=("nsworkers.netlink",),
-        )
+    pool = pool or batch_pool(jobs, ("nsworkers.netlink",))
     runner = pool.options(timeout=timeout)
     try:
         results = runner.map(
@@ -117,6 +135,8 @@ def inspect(
             else:
                 entry["ok"] = True
                 entry.update(result)
+                if users is not None:
+                    users.attach([*result.get("sockets", []), *result.get("unix_sockets", [])])
                 if attribution:
                     owner = owners.get(result.get("id", ""))
                     entry["attribution"] = owner.as_dict() if owner is not None else None

@@ -356,6 +356,10 @@ def build_parser() -> argparse.ArgumentParser:
         examples=[("nsworkers demo", ""), ("sudo nsworkers demo", "as a non-root user")],
     )
     demo.set_defaults(func=_cmd_demo)
+
+    from ._netcli import add_commands
+
+    add_commands(sub)
     return parser
 
 

@@ -38,6 +38,7 @@ from ._dumps import proxy_neighbours as proxy_neighbours
 from ._dumps import routes as routes
 from ._dumps import rules as rules
 from ._events import watch_events as watch_events
+from ._sockets import sockets as sockets
 from ._xfrm import xfrm_policies as xfrm_policies
 from ._xfrm import xfrm_states as xfrm_states
 
@@ -56,6 +57,7 @@ __all__ = (
     "routes",
     "rules",
     "snapshot",
+    "sockets",
     "sysctl",
     "watch_events",
     "xfrm_policies",
@@ -89,13 +91,15 @@ SECTIONS: dict[str, Callable[..., list[Record]]] = {
     "conntrack": conntrack,
     "xfrm_policies": xfrm_policies,
     "xfrm_states": xfrm_states,
+    "sockets": sockets,
+    "unix_sockets": lambda attempts=DEFAULT_ATTEMPTS: sockets(("unix",), attempts=attempts),
 }
 
 # which of snapshot()'s options each section takes
 _TAKES_STATS = {"links", "addresses", "routes", "neighbours"}
 _TAKES_DETAILS = {"links", "addresses", "routes", "rules", "nexthops"}
 _TAKES_SESSION = {"links", "addresses", "routes", "neighbours", "proxy_neighbours", "rules", "nexthops"}
-_TAKES_ATTEMPTS = _TAKES_SESSION | {"xfrm_policies", "xfrm_states"}
+_TAKES_ATTEMPTS = _TAKES_SESSION | {"xfrm_policies", "xfrm_states", "sockets", "unix_sockets"}
 
 
 def snapshot(

@@ -60,22 +60,41 @@ def retry(what: str, once: Callable[[], tuple[list[Any], bool]], attempts: int) 
     return msgs, True, attempts
 
 
-class _SocketHolder:
-    """The worker's rtnetlink socket (one per process: reopened after a fork)."""
+class SocketHolder:
+    """A worker's netlink socket of one protocol (one per process: reopened after a fork)."""
 
-    sock: w.NetlinkSocket | None = None
+    def __init__(self, protocol: int) -> None:
+        self.protocol = protocol
+        self.sock: w.NetlinkSocket | None = None
 
-    @classmethod
-    def get(cls) -> w.NetlinkSocket:
-        if cls.sock is None or cls.sock.pid != os.getpid():
-            cls.sock = w.NetlinkSocket(w.NETLINK_ROUTE)
-        return cls.sock
+    def get(self) -> w.NetlinkSocket:
+        if self.sock is None or self.sock.pid != os.getpid():
+            self.sock = w.NetlinkSocket(self.protocol)
+        return self.sock
 
-    @classmethod
-    def drop(cls) -> None:
-        if cls.sock is not None:
-            cls.sock.close()
-            cls.sock = None
+    def drop(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+
+    def dump(
+        self, what: str, msg_type: int, body: bytes, reply_type: int, attempts: int
+    ) -> tuple[list[bytes], bool, int]:
+        """Payloads of the *reply_type* messages of one dump, retried (see :func:`retry`)."""
+
+        def once() -> tuple[list[bytes], bool]:
+            sock = self.get()
+            try:
+                msgs, interrupted = sock.dump(msg_type, body)
+            except BaseException:
+                self.drop()  # a half-read dump would confuse the next one
+                raise
+            return [payload for kind, _flags, payload in msgs if kind == reply_type], interrupted
+
+        return retry(what, once, attempts)
+
+
+_ROUTE = SocketHolder(w.NETLINK_ROUTE)
 
 
 # request bodies: the fixed header of each dump (only the family and a few flags matter)
@@ -99,17 +118,7 @@ class Session:
 
     def dump(self, what: str, msg_type: int, body: bytes, reply_type: int) -> tuple[list[bytes], bool, int]:
         """Payloads of the *reply_type* messages of one retried dump."""
-
-        def once() -> tuple[list[bytes], bool]:
-            sock = _SocketHolder.get()
-            try:
-                msgs, interrupted = sock.dump(msg_type, body)
-            except BaseException:
-                _SocketHolder.drop()  # a half-read dump would confuse the next one
-                raise
-            return [payload for kind, _flags, payload in msgs if kind == reply_type], interrupted
-
-        return retry(what, once, self.attempts)
+        return _ROUTE.dump(what, msg_type, body, reply_type, self.attempts)
 
     def links(self, stats: bool = False) -> tuple[list[bytes], bool, int, LinkTable]:
         """The link dump (with statistics if asked), made once per session."""

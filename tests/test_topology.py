@@ -1,0 +1,159 @@
+"""topology(): the exact graph of a small container host, checked against ``ip -j``; DOT and SVG."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+import nsworkers
+from nsworkers._topology import Topology
+
+from ._hostnet import HostNet, host_network
+
+pytestmark = pytest.mark.privileged
+
+
+@pytest.fixture(scope="module")
+def net() -> Iterator[HostNet]:
+    with host_network() as built:
+        yield built
+
+
+@pytest.fixture(scope="module")
+def graph(net: HostNet) -> Topology:
+    return nsworkers.topology([net.path(r) for r in net.names], attribution=False)
+
+
+def _where(graph: Topology, net: HostNet, node_id: str | None) -> str | None:
+    if node_id is None:
+        return None
+    node = next(n for n in graph["nodes"] if n["id"] == node_id)
+    ns = next(n for n in graph["namespaces"] if n["id"] == node["namespace"])
+    return f"{net.role(ns['path'])}:{node['ifname']}"
+
+
+def test_exact_edge_set(graph: Topology, net: HostNet) -> None:
+    edges = {(e["kind"], _where(graph, net, e["from"]), _where(graph, net, e["to"])) for e in graph["edges"]}
+    veths = {
+        frozenset(("host:hv1", "pod1:eth0")),
+        frozenset(("host:hv2", "pod2:eth0")),
+        frozenset(("host:hv3", "pod3:eth0")),
+        frozenset(("host:uplink0", "host:uplink1")),
+    }
+    assert {frozenset(e[1:]) for e in edges if e[0] == "veth"} == veths
+    assert {e for e in edges if e[0] != "veth"} == {
+        ("master", "host:hv1", "host:br0"),
+        ("master", "host:hv2", "host:br0"),
+        ("master", "host:hv3", "host:br0"),
+        ("master", "host:vxlan0", "host:br0"),
+        ("lower", "pod4:eth0", "host:uplink1"),
+        ("underlay", "host:vxlan0", "host:uplink0"),
+        ("gateway", "pod1:eth0", "host:br0"),
+        ("gateway", "pod2:eth0", "host:br0"),
+        ("gateway", "pod3:eth0", "host:br0"),
+        ("gateway", "pod4:eth0", "host:uplink0"),
+        ("gateway", "host:uplink0", "pod4:eth0"),
+    }
+    assert len(graph["edges"]) == 15  # each veth once
+    gateway = next(
+        e
+        for e in graph["edges"]
+        if e["kind"] == "gateway"
+        and e["to"]
+        and net.role(next(n for n in graph["namespaces"] if e["to"].startswith(n["id"] + "/"))["path"]) == "pod4"
+    )
+    assert (gateway["dst"], gateway["gateway"]) == ("10.30.0.0/16", "10.20.0.14")
+    assert graph["errors"] == []
+
+
+def test_nodes_match_ip_link_and_addr(graph: Topology, net: HostNet) -> None:
+    for ns in graph["namespaces"]:
+        role = net.role(ns["path"])
+        assert ns["name"] == net.names[role] and ns["label"] == net.names[role]
+        links = json.loads(net.run_in(role, "ip", "-d", "-j", "link", "show"))
+        addrs = {a["ifindex"]: a for a in json.loads(net.run_in(role, "ip", "-j", "addr", "show"))}
+        nodes = {n["ifindex"]: n for n in graph["nodes"] if n["namespace"] == ns["id"]}
+        assert set(nodes) == {link["ifindex"] for link in links}
+        for link in links:
+            node = nodes[link["ifindex"]]
+            assert node["id"] == f"{ns['id']}/{link['ifindex']}"
+            assert node["ifname"] == link["ifname"]
+            assert node["kind"] == link.get("linkinfo", {}).get("info_kind")
+            assert node["address"] == link.get("address")
+            assert node["operstate"] == link["operstate"]
+            assert node["mtu"] == link["mtu"]
+            wanted = [f"{a['local']}/{a['prefixlen']}" for a in addrs[link["ifindex"]]["addr_info"]]
+            assert node["addresses"] == wanted
+            master = link.get("master")
+            assert (_where(graph, net, node["master"]) or "").split(":")[-1] == (master or "")
+            data = link.get("linkinfo", {}).get("info_data", {})
+            if node["kind"] == "vxlan":
+                assert (
+                    node["info"]
+                    == {"id": data["id"], "local": data["local"], "port": data["port"]}
+                    == {
+                        "id": 42,
+                        "local": "10.20.0.1",
+                        "port": 4789,
+                    }
+                )
+            if node["kind"] == "macvlan":
+                assert node["info"] == {"mode": data["mode"]} == {"mode": "bridge"}
+
+
+def test_a_peer_outside_the_selection_stays_unresolved(net: HostNet) -> None:
+    graph = nsworkers.topology([net.path("pod1")], attribution=False)
+    (edge,) = graph["edges"]
+    assert edge["kind"] == "veth" and edge["to"] is None
+    host_index = json.loads(net.run_in("host", "ip", "-j", "link", "show", "hv1"))[0]["ifindex"]
+    assert edge["peer_ifindex"] == host_index and isinstance(edge["netnsid"], int)
+
+
+def test_json_roundtrip_and_dot(graph: Topology, net: HostNet) -> None:
+    assert json.loads(json.dumps(graph)) == dict(graph)
+    dot = graph.to_dot()
+    for name in net.names.values():
+        assert f"\\n{name}" in dot or f'"{name}\\n' in dot
+    assert dot.count(" -- ") == 15  # every resolved edge drawn once
+
+
+@pytest.mark.skipif(shutil.which("dot") is None, reason="graphviz (dot) is not installed")
+def test_svg_is_well_formed_and_names_every_namespace(graph: Topology, net: HostNet) -> None:
+    svg = graph.render("svg")
+    root = ET.fromstring(svg)
+    assert root.tag == "{http://www.w3.org/2000/svg}svg"
+    texts = {t.text for t in root.iter("{http://www.w3.org/2000/svg}text")}
+    for name in net.names.values():
+        assert name in texts
+    clusters = [g for g in root.iter("{http://www.w3.org/2000/svg}g") if g.get("class") == "cluster"]
+    assert len(clusters) == len(net.names)
+    assert graph.render("png").startswith(b"\x89PNG\r\n")
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    import sys
+
+    return subprocess.run(
+        [sys.executable, "-m", "nsworkers", *args], capture_output=True, text=True, timeout=120, check=False
+    )
+
+
+def test_cli_topology_json_and_dot(net: HostNet) -> None:
+    done = _cli("topology", *net.names.values())
+    assert done.returncode == 0, done.stderr
+    data: dict[str, Any] = json.loads(done.stdout)
+    assert {n["name"] for n in data["namespaces"]} == set(net.names.values())
+    assert len(data["edges"]) == 15
+    done = _cli("topology", "--format", "dot", net.names["pod4"], net.names["host"])
+    assert done.returncode == 0 and done.stdout.startswith("graph nsworkers {")
+
+
+def test_cli_topology_bad_format_exits_2() -> None:
+    done = _cli("topology", "--format", "gif")
+    assert done.returncode == 2 and "invalid choice" in done.stderr and "Traceback" not in done.stderr
