@@ -408,6 +408,70 @@ def bench_snapshots(spaces: Namespaces, reps: int, sizes: list[int]) -> list[dic
 
 
 # ---------------------------------------------------------------------------
+# F: find across many namespaces
+
+
+def _ip_addr_loop(paths: list[str], address: str) -> int:
+    """The shell habit: ``ip -n NS -j addr show`` in every namespace, searched by the caller."""
+    hits = 0
+    for path in paths:
+        out = subprocess.run(
+            ["ip", "-n", os.path.basename(path), "-j", "addr", "show"], capture_output=True, check=True
+        )
+        hits += sum(a.get("local") == address for link in json.loads(out.stdout) for a in link.get("addr_info", []))
+    return hits
+
+
+def _find_address(i: int) -> str:
+    return f"10.{100 + i // 65536}.{i // 256 % 256}.{i % 256}"
+
+
+def bench_find(spaces: Namespaces, reps: int, size: int) -> list[dict[str, Any]]:
+    """find() of each kind of term across *size* namespaces against one cold inspect() of the same ones."""
+    paths = spaces.make(size)
+    batch = "\n".join(
+        f"link add v{i} netns {os.path.basename(p)} type veth peer name w{i} netns {os.path.basename(p)}"
+        for i, p in enumerate(paths)
+    )
+    subprocess.run(["ip", "-batch", "-"], input=batch, text=True, check=True)
+    for i, path in enumerate(paths):
+        name = os.path.basename(path)
+        subprocess.run(["ip", "-n", name, "addr", "add", f"{_find_address(i)}/8", "dev", f"v{i}"], check=True)
+    last = size - 1
+    address = _find_address(last)
+    mac = json.loads(subprocess.run(["ip", "-n", os.path.basename(paths[-1]), "-j", "link", "show", f"v{last}"],
+                                    capture_output=True, check=True).stdout)[0]["address"]  # fmt: skip
+
+    def find(term: str, sockets: bool = True) -> Callable[[], int]:
+        def run() -> int:
+            matches = nsworkers.find(term, paths, attribution=False, sockets=sockets)
+            assert matches or term.startswith(":"), term
+            return len(matches)
+
+        return run
+
+    contenders: dict[str, Callable[[], int]] = {
+        "nsworkers inspect() (new pool)": functools.partial(snap_nsworkers, paths),
+        f"find {address} (new pool)": find(address),
+        f"find {address}, no sockets (new pool)": find(address, sockets=False),
+        "find 10.0.0.0/8 (new pool)": find("10.0.0.0/8"),
+        "find MAC (new pool)": find(mac),
+        "find :8080 (new pool)": find(":8080"),
+        "ip -n NS -j addr loop, searched": functools.partial(_ip_addr_loop, paths, address),
+    }
+    samples: dict[str, list[float]] = {name: [] for name in contenders}
+    for _ in range(reps):
+        for name, fn in contenders.items():
+            start = time.perf_counter()
+            fn()
+            samples[name].append(time.perf_counter() - start)
+    spaces.remove()
+    return _rows(
+        f"F find across {size} namespaces vs one cold inspect()", samples, "nsworkers inspect() (new pool)", "s"
+    )
+
+
+# ---------------------------------------------------------------------------
 # P5: memory
 
 
@@ -550,9 +614,10 @@ def main() -> None:
         nargs="*",
         default=["p1", "p1t", "p2", "p3", "p5", "d"],
         help="p1 (round trip), p1t (throughput: threads, submit, map), p2 (cold start), p3 (cold and warm "
-        "snapshots of many namespaces), p5 (memory), d (discovery)",
+        "snapshots of many namespaces), p5 (memory), d (discovery), f (find vs inspect)",
     )
     parser.add_argument("--sizes", default="100,1000", help="namespace counts for p3 (default: 100,1000)")
+    parser.add_argument("--find-size", type=int, default=1000, help="namespaces for f (default: 1000)")
     parser.add_argument("--sweep", type=int, default=10000, help="namespaces in the p5 sweep (default: 10000)")
     parser.add_argument("--reps", type=int, default=5, help="repetitions per contender (interleaved)")
     parser.add_argument("--calls", type=int, default=5000, help="calls per P1 repetition")
@@ -572,6 +637,8 @@ def main() -> None:
             rows += bench_memory(spaces, args.sweep)
         if "d" in args.scenarios:
             rows += bench_discovery(spaces, args.reps, 500, 1000)
+        if "f" in args.scenarios:
+            rows += bench_find(spaces, args.reps, args.find_size)
         if "p3" in args.scenarios:
             rows += bench_snapshots(spaces, args.reps, [int(n) for n in args.sizes.split(",")])
     finally:

@@ -4,7 +4,8 @@
 
     host:  br0 10.10.0.1/24 (bridge)  <- hv1, hv2, hv3 (veths), vxlan0 (vni 42, underlay uplink0)
            uplink0 10.20.0.1/24 <-veth-> uplink1;  route 10.30.0.0/16 via 10.20.0.14
-           neighbour 10.10.0.99 lladdr 02:00:00:00:00:99 on br0;  TCP 10.10.0.1:7000 listening (two fds)
+           neighbour 10.10.0.99 lladdr 02:00:00:00:00:99 on br0;  TCP 10.10.0.1:7000 listening (two fds),
+           TCP connected to pod4's dual-stack 10.20.0.14:9090 (never accepted: queued there)
     pod1:  eth0 10.10.0.11/24 (peer of hv1);  TCP 10.10.0.11:8080 listening, one connection accepted
     pod2:  eth0 10.10.0.12/24 (peer of hv2);  TCP connected to 10.10.0.11:8080
     pod3:  eth0 10.10.0.13/24 (peer of hv3);  UDP 0.0.0.0%eth0:5353, UDP connected to 10.10.0.1:53
@@ -166,13 +167,13 @@ def host_network(prefix: str | None = None) -> Iterator[HostNet]:
         h("route", "add", "10.30.0.0/16", "via", "10.20.0.14", "dev", "uplink0")
         h("neigh", "add", "10.10.0.99", "lladdr", "02:00:00:00:00:99", "dev", "br0", "nud", "permanent")
 
-        net.hold("host", "listen,10.10.0.1,7000,dup")
         net.hold("pod1", "listen,10.10.0.11,8080,accept")
         net.hold("pod2", "connect,10.10.0.11,8080")
-        first = net.procs[1]
+        first = net.procs[0]
         assert first.stdout is not None and first.stdout.readline().strip() == "ready"
         net.hold("pod3", "udp,0.0.0.0,5353,eth0", "udpconnect,10.10.0.1,53")
         net.hold("pod4", "listen,::,9090", "listen,::1,9091")
+        net.hold("host", "listen,10.10.0.1,7000,dup", "connect,10.20.0.14,9090")
         yield net
     finally:
         net.close()

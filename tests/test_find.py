@@ -79,9 +79,13 @@ def test_prefix(net: HostNet) -> None:
     found, matches = _find(net, "10.20.0.0/24")
     assert found == {
         ("host", "address", "uplink0"),
+        ("host", "neighbour", "uplink0"),  # 10.20.0.14, learnt when the host connected to pod4
         ("host", "route", "uplink0"),  # 10.20.0.0/24 itself, and 10.30.0.0/16 via 10.20.0.14
+        ("host", "socket", None),
         ("pod4", "address", "eth0"),
+        ("pod4", "neighbour", "eth0"),
         ("pod4", "route", "eth0"),  # 10.20.0.0/24 and default via 10.20.0.1
+        ("pod4", "socket", None),  # the host's connection, queued: IPv4-mapped addresses
     }
     assert sorted(m["text"] for m in matches if m["kind"] == "route" and net.role(m["namespace"]) == "host") == [
         "10.20.0.0/24 dev uplink0",
@@ -89,6 +93,16 @@ def test_prefix(net: HostNet) -> None:
     ]
     found, _ = _find(net, "10.30.9.0/24")
     assert found == {("host", "route", "uplink0")}
+
+
+@pytest.mark.privileged
+def test_ipv4_mapped_peer_and_no_sockets(net: HostNet) -> None:
+    found, matches = _find(net, "10.20.0.1")
+    assert ("pod4", "socket", None) in found
+    queued = next(m for m in matches if m["kind"] == "socket" and net.role(m["namespace"]) == "pod4")
+    assert queued["text"].startswith("tcp ESTAB [::ffff:10.20.0.14]:9090 [::ffff:10.20.0.1]:") and queued["users"] == []
+    without = nsworkers.find("10.20.0.1", [net.path(r) for r in net.names], attribution=False, sockets=False)
+    assert {(net.role(m["namespace"]), m["kind"], m["dev"]) for m in without} == {k for k in found if k[1] != "socket"}
 
 
 @pytest.mark.privileged

@@ -82,10 +82,14 @@ def test_the_exact_socket_set_with_pids(net: HostNet) -> None:
     found = {role: {row(role, s) for s in e["sockets"] if s["users"]} for role, e in entries.items()}
     pid = net.pids
     pod1_conn = next(s for s in entries["pod1"]["sockets"] if s["state"] == "ESTAB")
+    host_port = next(s["local_port"] for s in entries["host"]["sockets"] if s["peer_port"] == 9090)
     pod2_conn = next(s for s in entries["pod2"]["sockets"] if s["state"] == "ESTAB")
     assert (pod2_conn["local_address"], pod2_conn["local_port"]) == (pod1_conn["peer_address"], pod1_conn["peer_port"])
     assert found == {
-        "host": {("tcp", "LISTEN", "10.10.0.1:7000", "0.0.0.0:*", (pid["host"], pid["host"]))},
+        "host": {
+            ("tcp", "LISTEN", "10.10.0.1:7000", "0.0.0.0:*", (pid["host"], pid["host"])),
+            ("tcp", "ESTAB", f"10.20.0.1:{host_port}", "10.20.0.14:9090", (pid["host"],)),
+        },
         "pod1": {
             ("tcp", "LISTEN", "10.10.0.11:8080", "0.0.0.0:*", (pid["pod1"],)),
             ("tcp", "ESTAB", "10.10.0.11:8080", f"10.10.0.12:{pod1_conn['peer_port']}", (pid["pod1"],)),
@@ -101,6 +105,14 @@ def test_the_exact_socket_set_with_pids(net: HostNet) -> None:
         },
     }
     assert pod1_conn["recv_q"] == 10  # pod2 sent ten bytes nobody read
+    # the host's connection waits in pod4's accept queue: an IPv6 socket with IPv4-mapped addresses, no process
+    queued = [s for s in entries["pod4"]["sockets"] if s["state"] == "ESTAB"]
+    assert [(ss_endpoint(s, "local"), ss_endpoint(s, "peer"), s["users"]) for s in queued] == [
+        ("[::ffff:10.20.0.14]:9090", f"[::ffff:10.20.0.1]:{host_port}", [])
+    ]
+    assert (
+        next(s for s in entries["pod4"]["sockets"] if s["local_port"] == 9090 and s["state"] == "LISTEN")["recv_q"] == 1
+    )
     listener = next(s for s in entries["host"]["sockets"] if s["local_port"] == 7000)
     assert [u["fd"] for u in listener["users"]] == sorted(u["fd"] for u in listener["users"])
     assert listener["uid"] == 0 and listener["inode"] > 0 and listener["family"] == "inet"

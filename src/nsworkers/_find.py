@@ -77,9 +77,12 @@ def _addr(text: str | None) -> IPAddress | None:
     if not text:
         return None
     try:
-        return ipaddress.ip_address(text.split("%", 1)[0])
+        address = ipaddress.ip_address(text.split("%", 1)[0])
     except ValueError:
         return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped  # a dual-stack socket's IPv4 peer: ::ffff:10.0.0.1 is 10.0.0.1
+    return address
 
 
 def _net(text: str | None) -> IPNetwork | None:
@@ -120,7 +123,7 @@ def _socket_text(rec: Record) -> str:
     return f"{rec['netid']} {rec['state']} {ss_endpoint(rec, 'local')} {ss_endpoint(rec, 'peer')}"
 
 
-def matches_here(kind: str, value: str, attempts: int = 5) -> list[Record]:
+def matches_here(kind: str, value: str, attempts: int = 5, with_sockets: bool = True) -> list[Record]:
     """The matches of a term in the namespace this runs in (a worker); see the module docstring."""
     from . import netlink
     from .netlink import sockets
@@ -173,7 +176,7 @@ def matches_here(kind: str, value: str, attempts: int = 5) -> list[Record]:
             text += f" dev {route['dev']}" if route.get("dev") else ""
             text += f" table {route['table']}" if route.get("table") else ""
             out.append({"kind": "route", "dev": route.get("dev"), "text": text, "record": route})
-    for rec in sockets(attempts=attempts):
+    for rec in sockets(attempts=attempts) if with_sockets else ():
         if addr_hit(_addr(rec["local_address"])) or addr_hit(_addr(rec["peer_address"])):
             out.append({"kind": "socket", "dev": rec.get("interface"), "text": _socket_text(rec), "record": rec})
     return out
@@ -192,6 +195,7 @@ def find(
     timeout: float | None = 30.0,
     attribution: bool = True,
     users: bool = True,
+    sockets: bool = True,
     errors: list[Record] | None = None,
 ) -> list[Record]:
     """Every match of *term* in every network namespace (or those given), namespace by namespace.
@@ -199,7 +203,10 @@ def find(
     *term* is text (see :func:`parse_term`) or a :class:`Term`. A namespace
     that fails is left out and, if *errors* is a list, reported there as
     ``{"namespace", "type", "message"}``. With *users*, socket matches get
-    their owning processes from the caller's ``/proc``.
+    their owning processes from the caller's ``/proc``. Without *sockets*,
+    an IP or prefix is not looked for in sockets: listing TCP sockets walks
+    the kernel's host-wide connection table once per namespace, most of a
+    search's cost (a ``:PORT`` term always lists sockets).
     """
     from ._inspect import _label, _name_of, batch_pool, batch_targets
 
@@ -210,7 +217,7 @@ def find(
     out: list[Record] = []
     try:
         calls = pool.options(timeout=timeout).map(
-            _matches_with_id, targets, args=(parsed.kind, parsed.value), return_exceptions=True
+            _matches_with_id, targets, args=(parsed.kind, parsed.value, sockets), return_exceptions=True
         )
         for target, result in calls:
             path = _label(target)
@@ -244,5 +251,5 @@ def find(
     return out
 
 
-def _matches_with_id(kind: str, value: str) -> tuple[str, list[Record]]:
-    return os.readlink("/proc/thread-self/ns/net"), matches_here(kind, value)
+def _matches_with_id(kind: str, value: str, with_sockets: bool) -> tuple[str, list[Record]]:
+    return os.readlink("/proc/thread-self/ns/net"), matches_here(kind, value, with_sockets=with_sockets)

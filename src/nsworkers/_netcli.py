@@ -119,7 +119,7 @@ def _cmd_find(args: argparse.Namespace) -> int:
         print("nsworkers: no network namespace matches", file=sys.stderr)
         return EXIT_ERROR
     errors: list[dict[str, Any]] = []
-    matches = find(args.term, targets, jobs=args.jobs, timeout=args.timeout, errors=errors)
+    matches = find(args.term, targets, jobs=args.jobs, timeout=args.timeout, sockets=args.sockets, errors=errors)
     _report(errors)
     if args.json:
         json.dump({"term": args.term.value, "kind": args.term.kind, "matches": matches}, sys.stdout, indent=2)
@@ -235,6 +235,12 @@ def add_commands(sub: Any) -> None:
     )
     fnd.add_argument("term", type=_term, metavar="TERM", help="an IP address, a prefix (10.0.0.0/8), a MAC or :PORT")
     fnd.add_argument("--json", action="store_true", help='print {"term", "kind", "matches": [...]}')
+    fnd.add_argument(
+        "--no-sockets",
+        dest="sockets",
+        action="store_false",
+        help="do not look for an IP or prefix in sockets (faster: no walk of the kernel's TCP table)",
+    )
     _common(fnd)
     fnd.set_defaults(func=_cmd_find)
 
