@@ -190,12 +190,12 @@ def addresses(
     return result(out, li or ai, max(lu, au))
 
 
-def _nexthop_table(s: Session, table: LinkTable) -> tuple[dict[int, Record], bool, int]:
+def _nexthop_table(s: Session, table: LinkTable, details: int) -> tuple[dict[int, Record], bool, int]:
     payloads, interrupted, used = s.dump("nexthop", w.RTM_GETNEXTHOP, bytes(8), w.RTM_NEWNEXTHOP)
     names = _names.Names()
     out = {}
     for payload in payloads:
-        rec = _records.nexthop(payload, table, names)
+        rec = _records.nexthop(payload, table, names, details=details)
         out[rec["id"]] = rec
     return out, interrupted, used
 
@@ -218,7 +218,7 @@ def routes(
     _, interrupted, used, table = s.links()
     nexthops: dict[int, Record] | None = None
     if details:
-        nexthops, i, u = _nexthop_table(s, table)
+        nexthops, i, u = _nexthop_table(s, table, int(details))
         interrupted, used = interrupted or i, max(used, u)
     out: list[Record] = []
     for fam in _families(family):
