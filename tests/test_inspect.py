@@ -135,6 +135,10 @@ def test_demo_leaves_nothing() -> None:
     # the demo names its namespaces nsw-demo-PID-ROLE: none of its own may be left
     left = os.listdir("/run/netns") if os.path.isdir("/run/netns") else []
     assert [n for n in left if n.startswith(f"nsw-demo-{proc.pid}-")] == []
+    # both ends of each veth and the bridge are read after their state settled
+    rows = [row.split() for row in out.splitlines() if row.startswith("nsw-demo-")]
+    states = {row[1]: row[2] for row in rows if row[2] != "route"}
+    assert {states.get(port) for port in ("a0", "b0", "b1", "c0", "br0")} == {"UP"}
 
 
 def test_ls(make_netns: Callable[[], str]) -> None:
@@ -142,3 +146,39 @@ def test_ls(make_netns: Callable[[], str]) -> None:
     done = cli("ls", "--json")
     assert done.returncode == 0
     assert any(name in row["names"] for row in json.loads(done.stdout)["namespaces"])
+
+
+def test_inspect_refuses_a_namespace_that_is_not_a_network_namespace(netns: str) -> None:
+    """A uts or pid namespace shares some network namespace: printing that one under its name would lie."""
+    for kind in ("uts", "pid"):
+        entries = list(nsworkers.inspect([f"/proc/{os.getpid()}/ns/{kind}"], attribution=False))
+        assert [e["ok"] for e in entries] == [False]
+        assert entries[0]["error"]["type"] == "NamespaceTypeError"
+    done = cli("inspect", f"/proc/{os.getpid()}/ns/uts", netns)
+    assert done.returncode == 1  # one failed, one printed
+    by_path = {e["namespace"]: e for e in json.loads(done.stdout)}
+    assert by_path[netns]["ok"] and not by_path[f"/proc/{os.getpid()}/ns/uts"]["ok"]
+    assert cli("inspect", f"/proc/{os.getpid()}/ns/uts").returncode == 3
+
+
+def test_inspect_stats_details_and_every_section(make_netns: Callable[[], str]) -> None:
+    name = make_netns()
+    ip("-n", name, "link", "add", "br9", "type", "bridge")
+    ip("-n", name, "nexthop", "add", "id", "7", "blackhole")
+    ip("-n", name, "neigh", "add", "proxy", "10.9.9.9", "dev", "br9")
+    ip("-n", name, "rule", "add", "from", "10.9.0.0/16", "table", "9", "pref", "99")
+    what = "links,addresses,routes,neighbours,proxy_neighbours,rules,nexthops,conntrack,xfrm_policies,xfrm_states"
+    done = cli("inspect", name, "-s", "-d", "--what", what)
+    assert done.returncode == 0, done.stderr
+    (entry,) = json.loads(done.stdout)
+    br9 = next(link for link in entry["links"] if link["ifname"] == "br9")
+    assert "stats64" in br9 and br9["linkinfo"]["info_kind"] == "bridge"
+    assert [nh["id"] for nh in entry["nexthops"]] == [7]
+    assert [n["dst"] for n in entry["proxy_neighbours"]] == ["10.9.9.9"]
+    assert entry["conntrack"] == [] and entry["xfrm_policies"] == []
+    table = cli("inspect", name, "--what", "rules,neighbours,proxy_neighbours,nexthops", "--format", "table")
+    assert table.returncode == 0, table.stderr
+    assert "99: from 10.9.0.0/16 lookup 9" in table.stdout
+    assert "id 7 blackhole" in table.stdout and "10.9.9.9" in table.stdout
+    bad = cli("inspect", name, "--what", "links,bogus")
+    assert bad.returncode == 2 and "unknown section" in bad.stderr and "Traceback" not in bad.stderr

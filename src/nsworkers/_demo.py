@@ -57,6 +57,26 @@ def _configure(
             ipr.route("add", dst=dst, gateway=gateway)
 
 
+def _unsettled(links: list[dict[str, Any]]) -> list[str]:
+    """Links set up whose operational state has not caught up yet (a veth end still DOWN, a bridge coming up).
+
+    Every link of the demo gets a carrier, so it only has to wait; a link
+    that never would is given up on at the deadline.
+    """
+    return [
+        link["ifname"] for link in links if "UP" in link["flags"] and link.get("operstate") not in ("UP", "UNKNOWN")
+    ]
+
+
+def _wait_settled(pool: Pool, paths: list[str], timeout: float = 5.0) -> None:
+    """Wait until no link of *paths* is still changing state, so the table shows both ends of a veth alike."""
+    from . import netlink
+
+    deadline = time.monotonic() + timeout
+    while any(_unsettled(pool.run(p, netlink.links)) for p in paths) and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
 def demo(out: TextIO) -> int:
     """Build, inspect, print and remove the demo topology; returns an exit code."""
     tag = f"nsw-demo-{os.getpid()}"
@@ -91,6 +111,7 @@ def demo(out: TextIO) -> int:
                 [("c0", ["10.77.0.2/24", "fd77::2/64"])],
                 [("0.0.0.0/0", "10.77.0.254")],
             )
+            _wait_settled(pool, list(path.values()))
             start = time.perf_counter()
             entries = sorted(inspect(path.values(), pool=pool), key=lambda e: e["namespace"])
             elapsed = time.perf_counter() - start

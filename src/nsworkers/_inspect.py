@@ -19,7 +19,7 @@ import os
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
-from ._namespace import NETNS_RUN_DIRS, Namespace
+from ._namespace import NETNS_RUN_DIRS, Namespace, NamespaceType
 from ._pool import Pool
 
 __all__ = ("inspect", "network_namespaces")
@@ -80,6 +80,21 @@ def batch_pool(jobs: int | None, preload: tuple[str, ...]) -> Pool:
     return Pool(max_workers=jobs or 2 * (os.cpu_count() or 1), idle_timeout=None, preload=preload)
 
 
+def _net_id(target: object) -> str | None:
+    """The ``net:[inode]`` a snapshot of *target* must report, or None when the pool will reject it anyway."""
+    if isinstance(target, Namespace):
+        return target.unique_id if target.type is NamespaceType.NET else "not a network namespace"
+    if isinstance(target, (str, os.PathLike)):
+        try:
+            return f"net:[{os.stat(target).st_ino}]"
+        except OSError:
+            return None  # the pool says what is wrong with it
+    if isinstance(target, (list, tuple)):
+        nets = [t for t in target if isinstance(t, Namespace) and t.type is NamespaceType.NET]
+        return nets[0].unique_id if nets else "not a network namespace"
+    return None
+
+
 def inspect(
     namespaces: Iterable[str | os.PathLike[str] | Namespace] | None = None,
     what: Sequence[str] = ("links", "addresses", "routes"),
@@ -90,6 +105,8 @@ def inspect(
     attempts: int = 5,
     attribution: bool = True,
     socket_users: bool = True,
+    stats: int = 0,
+    details: int = 0,
 ) -> Iterator[Entry]:
     """Snapshot each namespace (every network namespace on the host by default); yield entries as they complete.
 
@@ -103,6 +120,11 @@ def inspect(
     *socket_users*, each record of the ``sockets`` and ``unix_sockets``
     sections gets ``"users"``: the processes holding it, found in this
     process's ``/proc`` (see :mod:`nsworkers._sockets`).
+    *stats* and *details* are ``ip -s`` / ``ip -d`` (see :func:`nsworkers.netlink.snapshot`).
+
+    A target that is not a network namespace (``/proc/PID/ns/uts``, a pid
+    namespace ...) is an error entry (``NamespaceTypeError``): its worker
+    would otherwise read the network namespace it happens to share.
     """
     from . import netlink
 
@@ -119,16 +141,23 @@ def inspect(
     own = pool is None
     pool = pool or batch_pool(jobs, ("nsworkers.netlink",))
     runner = pool.options(timeout=timeout)
+    expected = {_label(t): _net_id(t) for t in targets}
     try:
         results = runner.map(
             netlink.snapshot,
             targets,
-            kwargs={"what": sections, "attempts": attempts},
+            kwargs={"what": sections, "attempts": attempts, "stats": stats, "details": details},
             return_exceptions=True,
         )
-        for target, result in results:
+        for target, answer in results:
             label = _label(target)
             entry: Entry = {"namespace": label, "name": _name_of(label)}
+            result: Any = answer
+            want = expected.get(label)
+            if not isinstance(answer, BaseException) and want is not None and answer.get("id") != want:
+                from .errors import NamespaceTypeError
+
+                result = NamespaceTypeError(f"{label} is not a network namespace (its worker is in {answer.get('id')})")
             if isinstance(result, BaseException):
                 entry["ok"] = False
                 entry["error"] = {"type": type(result).__name__, "message": str(result)}

@@ -130,6 +130,48 @@ def _target(arg: str) -> str:
     return path_of(arg)
 
 
+def _rule_text(rule: dict[str, Any]) -> str:
+    text = f"{rule['priority']}: from {rule.get('src', 'all')}" + (f"/{rule['srclen']}" if "srclen" in rule else "")
+    if "dst" in rule:
+        text += f" to {rule['dst']}" + (f"/{rule['dstlen']}" if "dstlen" in rule else "")
+    for key in ("fwmark", "iif", "oif", "ipproto", "dport", "sport"):
+        if key in rule:
+            text += f" {key} {rule[key]}"
+    if "table" in rule:
+        text += f" lookup {rule['table']}"
+    for key in ("goto", "action"):
+        if key in rule:
+            text += f" {rule[key]}" if key == "action" else f" goto {rule[key]}"
+    return text + (" nop" if "nop" in rule else "")
+
+
+def _rows(ns: str, section: str, records: list[dict[str, Any]]) -> list[tuple[str, str, str, str, str]]:
+    """Table rows (namespace, interface, state, mtu, what) for one section other than links/addresses."""
+    rows = []
+    for rec in records:
+        if section == "routes":
+            if rec.get("table") is None and rec.get("gateway"):
+                rows.append((ns, rec.get("dev", "-"), "route", "", f"{rec['dst']} via {rec['gateway']}"))
+        elif section in ("neighbours", "proxy_neighbours"):
+            state = ",".join(rec.get("state", [])) or ("proxy" if "proxy" in rec else "-")
+            text = rec.get("dst", "-") + (f" lladdr {rec['lladdr']}" if "lladdr" in rec else "")
+            rows.append((ns, rec.get("dev", "-"), state, "", text + (" router" if "router" in rec else "")))
+        elif section == "rules":
+            rows.append((ns, rec.get("iif", "-"), "rule", "", _rule_text(rec)))
+        elif section == "nexthops":
+            target = rec.get("gateway") or ("blackhole" if "blackhole" in rec else "")
+            if "group" in rec:
+                target = "group " + "/".join(str(m["id"]) for m in rec["group"])
+            rows.append((ns, rec.get("dev", "-"), "nexthop", "", f"id {rec['id']} {target}".rstrip()))
+        elif section == "conntrack":
+            o = rec["original"]
+            ends = f"{o['src']}:{o.get('sport', '')} -> {o['dst']}:{o.get('dport', '')}"
+            rows.append((ns, "-", rec.get("state", rec["protocol"]), "", f"{rec['protocol']} {ends}"))
+        elif section.startswith("xfrm"):
+            rows.append((ns, "-", section, "", f"{rec['src']} -> {rec['dst']} {rec.get('dir', rec.get('proto', ''))}"))
+    return rows
+
+
 def _table(entries: list[dict[str, Any]], out: TextIO) -> None:
     rows = [("NAMESPACE", "IFNAME", "STATE", "MTU", "ADDRESSES")]
     for entry in entries:
@@ -143,12 +185,17 @@ def _table(entries: list[dict[str, Any]], out: TextIO) -> None:
                 f"{a['local']}/{a['prefixlen']}" for a in link.get("addr_info", []) if a.get("scope") != "link"
             )
             rows.append((ns, link["ifname"], link.get("operstate", "?"), str(link.get("mtu", "")), addrs or "-"))
-        for route in entry.get("routes", []):
-            if route.get("table") is None and route.get("gateway"):
-                rows.append((ns, route.get("dev", "-"), "route", "", f"{route['dst']} via {route['gateway']}"))
+        for section, records in entry.items():
+            if section not in ("links", "addresses") and isinstance(records, list) and section in _SECTION_NAMES:
+                rows.extend(_rows(ns, section, records))
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     for row in rows:
         out.write("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:4])) + "  " + row[4] + "\n")
+
+
+_SECTION_NAMES = (
+    "routes", "neighbours", "proxy_neighbours", "rules", "nexthops", "conntrack", "xfrm_policies", "xfrm_states",
+)  # fmt: skip
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
@@ -172,7 +219,10 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     entries: list[dict[str, Any]] = []
     failed = 0
     try:
-        for entry in inspect(targets, what=args.what, jobs=args.jobs, timeout=args.timeout):
+        batch = inspect(
+            targets, what=args.what, jobs=args.jobs, timeout=args.timeout, stats=args.stats, details=args.details
+        )
+        for entry in batch:
             failed += not entry["ok"]
             if not entry["ok"]:
                 print(f"nsworkers: {entry['namespace']}: {entry['error']['message']}", file=sys.stderr)
@@ -300,6 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
             ("nsworkers inspect", "links, addresses and routes of every network namespace, as JSON"),
             ("nsworkers inspect blue red --what links,neighbours --format jsonl", "two named namespaces"),
             ("nsworkers inspect /proc/1234/ns/net --format table", "the namespace of process 1234"),
+            ("nsworkers inspect blue -s -d --what links,nexthops", "as ip -j -s -d link / nexthop show prints them"),
             ("nsworkers inspect --pod kube-system/coredns --format table", "a Kubernetes pod's namespace"),
         ],
     )
@@ -309,8 +360,11 @@ def build_parser() -> argparse.ArgumentParser:
         type=comma_list(_inspect_sections, what="section"),
         default="links,addresses,routes",
         metavar="SECTIONS",
-        help="comma-separated, of: links, addresses, routes, neighbours, rules, conntrack, xfrm_policies, xfrm_states",
+        help="comma-separated, of: links, addresses, routes, neighbours, proxy_neighbours, rules, nexthops, "
+        "conntrack, xfrm_policies, xfrm_states",
     )
+    ins.add_argument("-s", "--stats", action="count", default=0, help="statistics as ip -s adds them (-s -s: more)")
+    ins.add_argument("-d", "--details", action="count", default=0, help="details as ip -d adds them")
     ins.add_argument(
         "--format", choices=("json", "jsonl", "table"), default="json", metavar="FORMAT", help="json, jsonl or table"
     )
