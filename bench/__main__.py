@@ -407,6 +407,47 @@ def bench_snapshots(spaces: Namespaces, reps: int, sizes: list[int]) -> list[dic
     return rows
 
 
+RICH_SECTIONS = ("links", "addresses", "routes", "neighbours", "rules", "nexthops")
+RICH_IP = (  # what the same sections cost with ip: one command each (routes and rules per family)
+    ("link", "show"), ("addr", "show"), ("-4", "route", "show", "table", "all"),
+    ("-6", "route", "show", "table", "all"), ("neigh", "show"), ("rule", "show"), ("-6", "rule", "show"),
+    ("nexthop", "show"),
+)  # fmt: skip
+
+
+def _ip_commands(ns: str, flags: tuple[str, ...]) -> None:
+    for args in RICH_IP:
+        subprocess.run(["ip", "-n", ns, "-j", *flags, *args], capture_output=True, check=True)
+
+
+def bench_rich(reps: int) -> list[dict[str, Any]]:
+    """A warm snapshot() of the fidelity suite's rich namespace against the same ip -n NS -j commands."""
+    from tests.test_fidelity import rich_topology
+
+    rows: list[dict[str, Any]] = []
+    with rich_topology() as ns, nsworkers.Pool(preload=("nsworkers.netlink",)) as pool:
+        path = f"/run/netns/{ns}"
+        for label, flags, kwargs in (("", (), {}), (" -s -d", ("-s", "-d"), {"stats": 1, "details": 1})):
+            pool.run(path, nsworkers.netlink.snapshot, RICH_SECTIONS, **kwargs)  # warm: worker, socket, tables
+            contenders: dict[str, Callable[[], Any]] = {
+                f"nsworkers snapshot(){label} warm": functools.partial(
+                    pool.run, path, nsworkers.netlink.snapshot, RICH_SECTIONS, **kwargs
+                ),
+                f"ip -n NS -j{label} x{len(RICH_IP)}": functools.partial(_ip_commands, ns, flags),
+            }
+            samples: dict[str, list[float]] = {name: [] for name in contenders}
+            for _ in range(reps):
+                for name, fn in contenders.items():
+                    start = time.perf_counter()
+                    fn()
+                    samples[name].append((time.perf_counter() - start) * 1e3)
+            records = sum(len(v) for k, v in pool.run(path, nsworkers.netlink.snapshot, RICH_SECTIONS).items()
+                          if isinstance(v, list))  # fmt: skip
+            rows += _rows(f"R1 rich namespace ({records} records){label}: {', '.join(RICH_SECTIONS)}", samples,
+                          f"nsworkers snapshot(){label} warm", "ms")  # fmt: skip
+    return rows
+
+
 # ---------------------------------------------------------------------------
 # F: find across many namespaces
 
@@ -612,9 +653,10 @@ def main() -> None:
     parser.add_argument(
         "scenarios",
         nargs="*",
-        default=["p1", "p1t", "p2", "p3", "p5", "d"],
+        default=["p1", "p1t", "p2", "p3", "p5", "d", "r1"],
         help="p1 (round trip), p1t (throughput: threads, submit, map), p2 (cold start), p3 (cold and warm "
-        "snapshots of many namespaces), p5 (memory), d (discovery), f (find vs inspect)",
+        "snapshots of many namespaces), p5 (memory), d (discovery), f (find vs inspect), r1 (a rich namespace "
+        "against ip -j)",
     )
     parser.add_argument("--sizes", default="100,1000", help="namespace counts for p3 (default: 100,1000)")
     parser.add_argument("--find-size", type=int, default=1000, help="namespaces for f (default: 1000)")
@@ -641,6 +683,8 @@ def main() -> None:
             rows += bench_find(spaces, args.reps, args.find_size)
         if "p3" in args.scenarios:
             rows += bench_snapshots(spaces, args.reps, [int(n) for n in args.sizes.split(",")])
+        if "r1" in args.scenarios:
+            rows += bench_rich(args.reps * 4)
     finally:
         spaces.remove()
     info = machine()

@@ -138,27 +138,39 @@ _STATS64_FIELDS = (
 class LinkTable:
     """ifindex -> name, flags and type of every link of one dump (``ll_index_to_name`` & co.)."""
 
-    __slots__ = ("names", "flags", "types")
+    __slots__ = ("names", "flags", "types", "parsed")
 
     def __init__(self, payloads: list[bytes] = ()) -> None:  # type: ignore[assignment]
         self.names: dict[int, str] = {}
         self.flags: dict[int, int] = {}
         self.types: dict[int, int] = {}
+        self.parsed: dict[int, tuple[bytes, dict[int, bytes]]] = {}  # index -> (payload, its attributes)
         for payload in payloads:
             self.add(payload)
 
     def add(self, payload: bytes) -> None:
         _family, kind, index, flags, _change = IFINFOMSG.unpack_from(payload)
-        name = w.attrs(payload, IFINFOMSG.size).get(IFLA_IFNAME)
+        a = w.attrs(payload, IFINFOMSG.size)
+        name = a.get(IFLA_IFNAME)
         self.names[index] = w.cstr(name) if name is not None else f"if{index}"
         self.flags[index] = flags
         self.types[index] = kind
+        self.parsed[index] = (payload, a)
+
+    def attrs_of(self, index: int, payload: bytes) -> dict[int, bytes]:
+        """*payload*'s attributes, parsed once when the table was built (a link section and an address
+        section of one snapshot read the same messages)."""
+        known = self.parsed.get(index)
+        if known is not None and known[0] is payload:
+            return known[1]
+        return w.attrs(payload, IFINFOMSG.size)
 
     def remove(self, payload: bytes) -> None:
         index = IFINFOMSG.unpack_from(payload)[2]
         self.names.pop(index, None)
         self.flags.pop(index, None)
         self.types.pop(index, None)
+        self.parsed.pop(index, None)
 
     def name(self, index: int) -> str:
         """``ll_index_to_name``: ``if<N>`` for an index not in the table."""
@@ -263,7 +275,7 @@ def link(
 ) -> Record:
     """``print_linkinfo``: one link as ``ip -j link show`` (*do_link*) or the link part of ``ip -j addr show``."""
     _family, link_type, index, flags, _change = IFINFOMSG.unpack_from(payload)
-    a = w.attrs(payload, IFINFOMSG.size)
+    a = links.attrs_of(index, payload)
     rec: Record = {"ifindex": index}
     master_down = False
     raw = a.get(IFLA_LINK)
