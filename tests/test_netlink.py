@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import socket
@@ -78,9 +77,6 @@ CASES: list[tuple[str, Callable[..., Any], tuple[Any, ...], tuple[str, ...]]] = 
     ("route", netlink.routes, (), ("route", "show", "table", "all")),
     ("route4", netlink.routes, (socket.AF_INET,), ("-4", "route", "show", "table", "all")),
     ("neigh", netlink.neighbours, (), ("neigh", "show")),
-    ("link-s", functools.partial(netlink.links, stats=True), (), ("-s", "link", "show")),
-    ("link-s-s", functools.partial(netlink.links, stats=2), (), ("-s", "-s", "link", "show")),
-    ("addr-s", functools.partial(netlink.addresses, stats=True), (), ("-s", "addr", "show")),
     ("rule4", netlink.rules, (socket.AF_INET,), ("rule", "show")),
     ("rule6", netlink.rules, (socket.AF_INET6,), ("-6", "rule", "show")),
 ]
