@@ -365,3 +365,11 @@ def test_bracketing_catches_a_difference() -> None:
     assert bracketed({"a": 1, "b": {}, "t": 5}, ref, ref) != []
     assert bracketed({"a": 1, "b": {"c": "x"}, "t": 9}, ref, {**ref, "t": 3}) != []
     assert bracketed({"a": True, "b": {"c": "x"}, "t": 5}, ref, ref) != []
+
+
+def test_link_by_name_altname_or_index(fpool: Pool, rich: str) -> None:
+    """``link()`` resolves an alternative name as ``ip link show dev ALTNAME`` does."""
+    (reference,) = ip_json(rich, ("link", "show", "dev", "bridge-zero"))
+    by_altname = fpool.run(f"/run/netns/{rich}", netlink.link, "bridge-zero")
+    assert by_altname["ifname"] == reference["ifname"] == "br0"
+    assert fpool.run(f"/run/netns/{rich}", netlink.link, reference["ifindex"])["ifname"] == "br0"
