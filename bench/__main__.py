@@ -512,6 +512,37 @@ def bench_find(spaces: Namespaces, reps: int, size: int) -> list[dict[str, Any]]
     )
 
 
+def bench_topology(spaces: Namespaces, reps: int, pods: int) -> list[dict[str, Any]]:
+    """topology() of a host namespace with a bridge and *pods* veth pods, against inspect() of the same."""
+    paths = spaces.make(pods + 1)
+    host = os.path.basename(paths[0])
+    lines = [f"link add br0 netns {host} type bridge"]
+    for i, path in enumerate(paths[1:]):
+        lines.append(f"link add hv{i} netns {host} type veth peer name eth0 netns {os.path.basename(path)}")
+    subprocess.run(["ip", "-batch", "-"], input="\n".join(lines), text=True, check=True)
+    ports = "\n".join(f"link set hv{i} master br0" for i in range(pods))
+    subprocess.run(["ip", "-n", host, "-batch", "-"], input=ports, text=True, check=True)
+
+    def topo() -> int:
+        graph = nsworkers.topology(paths, attribution=False)
+        assert sum(e["kind"] == "veth" and e["to"] is not None for e in graph["edges"]) == pods
+        return len(graph["edges"])
+
+    contenders = {
+        "nsworkers inspect() (new pool)": functools.partial(snap_nsworkers, paths),
+        "nsworkers topology() (new pool)": topo,
+    }
+    samples: dict[str, list[float]] = {name: [] for name in contenders}
+    for _ in range(reps):
+        for name, fn in contenders.items():
+            start = time.perf_counter()
+            fn()
+            samples[name].append(time.perf_counter() - start)
+    spaces.remove()
+    return _rows(f"T topology of a host and {pods} veth pods vs one cold inspect()", samples,
+                 "nsworkers inspect() (new pool)", "s")  # fmt: skip
+
+
 # ---------------------------------------------------------------------------
 # P5: memory
 
@@ -655,11 +686,11 @@ def main() -> None:
         nargs="*",
         default=["p1", "p1t", "p2", "p3", "p5", "d", "r1"],
         help="p1 (round trip), p1t (throughput: threads, submit, map), p2 (cold start), p3 (cold and warm "
-        "snapshots of many namespaces), p5 (memory), d (discovery), f (find vs inspect), r1 (a rich namespace "
-        "against ip -j)",
+        "snapshots of many namespaces), p5 (memory), d (discovery), f (find vs inspect), t (topology vs "
+        "inspect), r1 (a rich namespace against ip -j)",
     )
     parser.add_argument("--sizes", default="100,1000", help="namespace counts for p3 (default: 100,1000)")
-    parser.add_argument("--find-size", type=int, default=1000, help="namespaces for f (default: 1000)")
+    parser.add_argument("--find-size", type=int, default=1000, help="namespaces for f, pods for t (default: 1000)")
     parser.add_argument("--sweep", type=int, default=10000, help="namespaces in the p5 sweep (default: 10000)")
     parser.add_argument("--reps", type=int, default=5, help="repetitions per contender (interleaved)")
     parser.add_argument("--calls", type=int, default=5000, help="calls per P1 repetition")
@@ -679,6 +710,8 @@ def main() -> None:
             rows += bench_memory(spaces, args.sweep)
         if "d" in args.scenarios:
             rows += bench_discovery(spaces, args.reps, 500, 1000)
+        if "t" in args.scenarios:
+            rows += bench_topology(spaces, args.reps, args.find_size)
         if "f" in args.scenarios:
             rows += bench_find(spaces, args.reps, args.find_size)
         if "p3" in args.scenarios:

@@ -107,6 +107,22 @@ def test_nodes_match_ip_link_and_addr(graph: Topology, net: HostNet) -> None:
                 assert node["info"] == {"mode": data["mode"]} == {"mode": "bridge"}
 
 
+def test_nsids_cost_one_question_per_foreign_link(net: HostNet) -> None:
+    # The host's three veths are asked about (and teach the pods' nsids for the host); the macvlan
+    # pod asks once for its parent: two netlink sockets in all, not one per namespace.
+    class CountingPool(nsworkers.Pool):
+        made = 0
+
+        def socket(self, target: Any, family: int = 2, type: int = 1, proto: int = 0) -> Any:
+            CountingPool.made += 1
+            return super().socket(target, family, type, proto)
+
+    with CountingPool() as pool:
+        graph = nsworkers.topology([net.path(r) for r in net.names], pool=pool, attribution=False)
+    assert len(graph["edges"]) == 15 and all(e["to"] is not None for e in graph["edges"])
+    assert CountingPool.made == 2
+
+
 def test_a_peer_outside_the_selection_stays_unresolved(net: HostNet) -> None:
     graph = nsworkers.topology([net.path("pod1")], attribution=False)
     (edge,) = graph["edges"]

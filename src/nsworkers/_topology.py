@@ -202,13 +202,15 @@ def _nsid_of(nl: socket.socket, fd: int, seq: int) -> int | None:
 class _NsidResolver:
     """nsid (as seen from one namespace) -> namespace id, asked lazily and cached."""
 
-    def __init__(self, pool: Pool, namespaces: dict[str, Namespace]) -> None:
+    def __init__(self, pool: Pool, namespaces: dict[str, Namespace], timeout: float | None = None) -> None:
         self.pool = pool
+        self.timeout = timeout
         self.namespaces = namespaces  # unique id -> open namespace
         self.sockets: dict[str, socket.socket] = {}
         self.known: dict[tuple[str, int], str] = {}
         self.asked: set[tuple[str, str]] = set()
         self.seq = 0
+        self.questions = 0  # RTM_GETNSID requests sent: a host with N pods should need about N
 
     def close(self) -> None:
         for sock in self.sockets.values():
@@ -229,12 +231,18 @@ class _NsidResolver:
                     return other
         return None
 
+    def learn(self, home: str, nsid: int, other: str) -> None:
+        """Record that *home* calls *other* *nsid* (known without asking)."""
+        self.known.setdefault((home, nsid), other)
+
     def _ask(self, home: str, other: str) -> int | None:
         sock = self.sockets.get(home)
         if sock is None:
             sock = self.pool.socket(self.namespaces[home], socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
+            sock.settimeout(self.timeout)
             self.sockets[home] = sock
         self.seq += 1
+        self.questions += 1
         return _nsid_of(sock, self.namespaces[other].fd, self.seq)
 
 
@@ -321,7 +329,7 @@ def topology(
                 graph["errors"].append({"namespace": ns.path, "type": type(result).__name__, "message": str(result)})
                 continue
             views[ns.unique_id] = result
-        resolver = _NsidResolver(pool, {uid: opened[uid] for uid in views})
+        resolver = _NsidResolver(pool, {uid: opened[uid] for uid in views}, timeout)
         try:
             _build(graph, views, opened, owners, resolver, gateways, _name_of)
         finally:
@@ -396,10 +404,17 @@ def _build(
         where = resolver.resolve(uid, nsid, candidates)
         if where is None or index not in by_ns[where]:
             return None, {"netnsid": nsid, "peer_ifindex": index}
+        peer = by_ns[where][index]
+        if iface["kind"] == "veth" and peer["link"] == iface["ifindex"] and peer["link_netnsid"] is not None:
+            # a veth has one peer: the namespace whose nsid resolved holds it, so its nsid for
+            # this end names this namespace -- learnt without a socket in that namespace
+            resolver.learn(where, peer["link_netnsid"], uid)
         return _node_id(where, index), {}
 
-    for uid, table in by_ns.items():
-        for iface in table.values():
+    # the namespace with most foreign ends first (the host): its answers teach the pods' nsids for free
+    foreign = {uid: sum(i["link_netnsid"] is not None for i in t.values()) for uid, t in by_ns.items()}
+    for uid in sorted(by_ns, key=lambda u: -foreign[u]):
+        for iface in by_ns[uid].values():
             me = _node_id(uid, iface["ifindex"])
             if iface["master"]:
                 edges.append({"kind": "master", "from": me, "to": _node_id(uid, iface["master"])})

@@ -361,7 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="links,addresses,routes",
         metavar="SECTIONS",
         help="comma-separated, of: links, addresses, routes, neighbours, proxy_neighbours, rules, nexthops, "
-        "conntrack, xfrm_policies, xfrm_states",
+        "conntrack, xfrm_policies, xfrm_states, sockets, unix_sockets",
     )
     ins.add_argument("-s", "--stats", action="count", default=0, help="statistics as ip -s adds them (-s -s: more)")
     ins.add_argument("-d", "--details", action="count", default=0, help="details as ip -d adds them")
