@@ -74,14 +74,6 @@ ROUTE_TYPES: Final = (
     "blackhole", "unreachable", "prohibit", "throw", "nat", "xresolve",
 )  # fmt: skip
 
-# include/uapi/linux/rtnetlink.h RTNH_F_*, printed by ip/iproute.c print_rt_flags()
-RTNH_FLAGS: Final = (
-    (1, "dead"), (2, "pervasive"), (4, "onlink"), (8, "offload"),
-    (16, "linkdown"), (32, "unresolved"), (64, "trap"),
-)  # fmt: skip
-RTM_F_OFFLOAD_FAILED: Final = 0x20000000  # printed as "rt_offload_failed"
-RTM_F_NOTIFY_AND_TRAP: Final = ((0x2000, "rt_offload"), (0x4000, "rt_trap"), (0x20000000, "rt_offload_failed"))
-
 # lib/utils.c nud_state_n2a() via ip/ipneigh.c print_neigh_state()
 NUD_STATES: Final = (
     (0x01, "INCOMPLETE"), (0x02, "REACHABLE"), (0x04, "STALE"), (0x08, "DELAY"),

@@ -94,8 +94,13 @@ RT_FLAG_NAMES = (
 LWTUNNEL_ENCAP_TYPES = {
     1: "mpls", 2: "ip", 3: "ila", 4: "ip6", 5: "seg6", 6: "bpf", 7: "seg6local", 8: "rpl", 9: "ioam6", 10: "xfrm",
 }  # fmt: skip
+LWTUNNEL_ENCAP_IP, LWTUNNEL_ENCAP_IP6, LWTUNNEL_ENCAP_SEG6 = 2, 4, 5
 LWTUNNEL_IP_ID, LWTUNNEL_IP_DST, LWTUNNEL_IP_SRC, LWTUNNEL_IP_TTL, LWTUNNEL_IP_TOS, LWTUNNEL_IP_FLAGS = 1, 2, 3, 4, 5, 6
 LWTUNNEL_IP6_ID, LWTUNNEL_IP6_DST, LWTUNNEL_IP6_SRC, LWTUNNEL_IP6_HOPLIMIT, LWTUNNEL_IP6_TC = 1, 2, 3, 4, 5
+LWTUNNEL_IP6_FLAGS = 6
+# include/uapi/linux/icmpv6.h ICMPV6_ROUTER_PREF_*, as ip/iproute.c print_rt_pref() names them
+ROUTER_PREFS = {0: "medium", 1: "high", 3: "low"}
+AF_MPLS = 28
 TUNNEL_CSUM, TUNNEL_KEY, TUNNEL_SEQ = 0x01, 0x04, 0x08
 SEG6_IPTUNNEL_SRH = 1
 # ip/iproute_lwtunnel.c seg6_mode_types[]
@@ -467,7 +472,7 @@ def encap(rec: Record, encap_type: bytes | None, raw: bytes | None) -> None:
     if raw is None:
         return
     a = w.attrs(raw)
-    if kind == 2:  # ip
+    if kind == LWTUNNEL_ENCAP_IP:
         if LWTUNNEL_IP_ID in a:
             rec["id"] = w.be64(a[LWTUNNEL_IP_ID])
         if LWTUNNEL_IP_SRC in a:
@@ -479,7 +484,7 @@ def encap(rec: Record, encap_type: bytes | None, raw: bytes | None) -> None:
         if LWTUNNEL_IP_TOS in a:
             rec["tos"] = a[LWTUNNEL_IP_TOS][0]
         _tunnel_flags(rec, a.get(LWTUNNEL_IP_FLAGS))
-    elif kind == 4:  # ip6
+    elif kind == LWTUNNEL_ENCAP_IP6:
         if LWTUNNEL_IP6_ID in a:
             rec["id"] = w.be64(a[LWTUNNEL_IP6_ID])
         if LWTUNNEL_IP6_SRC in a:
@@ -490,8 +495,8 @@ def encap(rec: Record, encap_type: bytes | None, raw: bytes | None) -> None:
             rec["hoplimit"] = a[LWTUNNEL_IP6_HOPLIMIT][0]
         if LWTUNNEL_IP6_TC in a:
             rec["tc"] = a[LWTUNNEL_IP6_TC][0]
-        _tunnel_flags(rec, a.get(6))
-    elif kind == 5:  # seg6
+        _tunnel_flags(rec, a.get(LWTUNNEL_IP6_FLAGS))
+    elif kind == LWTUNNEL_ENCAP_SEG6:
         srh = a.get(SEG6_IPTUNNEL_SRH)
         if srh is None:
             return
@@ -601,7 +606,7 @@ def route(payload: bytes, links: LinkTable, names: n.Names, nexthops: dict[int, 
         rec["iif"] = links.name(w.u32(a[RTA_IIF]))
     if RTA_PREF in a:
         pref = a[RTA_PREF][0]
-        rec["pref"] = {0: "medium", 1: "high", 3: "low"}.get(pref, pref)
+        rec["pref"] = ROUTER_PREFS.get(pref, pref)
     if RTA_TTL_PROPAGATE in a:
         rec["ttl-propogate"] = bool(a[RTA_TTL_PROPAGATE][0])
     if RTA_NH_ID in a and details and nexthops is not None:
@@ -656,7 +661,7 @@ def _multipath(raw: bytes, family: int, links: LinkTable, names: n.Names) -> lis
             if RTA_FLOW in a:
                 hop["flow"] = _flow(a[RTA_FLOW], names)
         hop["dev"] = links.name(ifindex)
-        if family != 28:  # AF_MPLS
+        if family != AF_MPLS:
             hop["weight"] = hops_ + 1
         hop["flags"] = rt_flags(flags)
         hops.append(hop)

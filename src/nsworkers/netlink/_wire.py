@@ -149,10 +149,6 @@ def ip(raw: bytes) -> str:
     return raw.hex()
 
 
-def u32_struct(count: int) -> struct.Struct:
-    return struct.Struct(f"={count}I")
-
-
 # -- sockets and dumps ------------------------------------------------------
 
 
