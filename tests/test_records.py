@@ -92,3 +92,28 @@ def test_name_tables_parse_like_rt_names_c(tmp_path: Path) -> None:
 
 def test_hex_like_print_0xhex() -> None:
     assert [_records.hex0x(v) for v in (0, 5, 0xFF)] == ["0", "0x5", "0xff"]
+
+
+def test_proto_down_as_ip_6_1_prints_it(tmp_path: Path) -> None:
+    """No link kind here supports protodown, so this one is built by hand from the uapi layout.
+
+    iproute2 6.1 prints the reasons only if the link has attribute 2 (it checks the link's
+    attributes for IFLA_PROTO_DOWN_REASON_VALUE) and reads one byte of the value.
+    """
+    from nsworkers.netlink import _wire as w
+
+    (tmp_path / "protodown_reasons.d").mkdir()
+    (tmp_path / "protodown_reasons.d" / "r.conf").write_text("2 maintenance\n")
+    names = _names.Names(_names.NameConfig(str(tmp_path)))
+    reason = w.nla(_records.IFLA_PROTO_DOWN_REASON_VALUE, (0x105).to_bytes(4, "little"))
+    attrs = [
+        w.nla(_records.IFLA_IFNAME, b"x0\0"),
+        w.nla(_records.IFLA_PROTO_DOWN, b"\1"),
+        w.nla(_records.IFLA_PROTO_DOWN_REASON, reason),
+    ]
+    header = _records.IFINFOMSG.pack(0, 1, 5, 0, 0)
+    bare = _records.link(header + b"".join(attrs), _records.LinkTable(), names)
+    assert bare["proto_down"] is True and "proto_down_reason" not in bare
+    with_broadcast = header + b"".join(attrs) + w.nla(_records.IFLA_BROADCAST, b"\xff" * 6)
+    rec = _records.link(with_broadcast, _records.LinkTable(), names)
+    assert rec["proto_down_reason"] == ["0", "maintenance"]  # 0x105: bits 0 and 2 of the low byte

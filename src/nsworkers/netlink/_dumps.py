@@ -115,6 +115,7 @@ class Session:
             raise ValueError("attempts must be >= 1")
         self.attempts = attempts
         self._links: dict[bool, tuple[list[bytes], bool, int, LinkTable]] = {}
+        self._nexthops: tuple[list[bytes], bool, int] | None = None
 
     def dump(self, what: str, msg_type: int, body: bytes, reply_type: int) -> tuple[list[bytes], bool, int]:
         """Payloads of the *reply_type* messages of one retried dump."""
@@ -128,6 +129,12 @@ class Session:
             cached = (payloads, interrupted, used, LinkTable(payloads))
             self._links[stats] = cached
         return cached
+
+    def nexthops(self) -> tuple[list[bytes], bool, int]:
+        """The nexthop dump, made once per session (routes with details name their nexthops from it too)."""
+        if self._nexthops is None:
+            self._nexthops = self.dump("nexthop", w.RTM_GETNEXTHOP, bytes(8), w.RTM_NEWNEXTHOP)
+        return self._nexthops
 
 
 def _families(family: int | None) -> tuple[int, ...]:
@@ -191,7 +198,7 @@ def addresses(
 
 
 def _nexthop_table(s: Session, table: LinkTable, details: int) -> tuple[dict[int, Record], bool, int]:
-    payloads, interrupted, used = s.dump("nexthop", w.RTM_GETNEXTHOP, bytes(8), w.RTM_NEWNEXTHOP)
+    payloads, interrupted, used = s.nexthops()
     names = _names.Names()
     out = {}
     for payload in payloads:
@@ -284,7 +291,7 @@ def nexthops(attempts: int = DEFAULT_ATTEMPTS, *, details: int = 0, session: Ses
     """Nexthop objects, like ``ip -j nexthop show``."""
     s = session or Session(attempts)
     _, li, lu, table = s.links()
-    payloads, i, u = s.dump("nexthop", w.RTM_GETNEXTHOP, bytes(8), w.RTM_NEWNEXTHOP)
+    payloads, i, u = s.nexthops()
     names = _names.Names()
     out = [_records.nexthop(p, table, names, details=int(details)) for p in payloads]
     return result(out, li or i, max(lu, u))

@@ -117,11 +117,13 @@ _TABLES: Final[dict[str, tuple[dict[int, str], bool, bool]]] = {
     "rt_dsfield": ({0: "0"}, False, True),
     # lib/rt_names.c rtnl_group_hash[]
     "group": ({0: "default"}, False, False),
+    # lib/rt_names.c protodown_reason_tab[]: only the .d directory, bits 0-31
+    "protodown_reasons": ({}, True, False),
 }
 
 # lib/rt_names.c fread_id_name(): "0x%x %s" or "%d %s", after leading blanks
 _LINE = re.compile(r"(?:0x([0-9a-fA-F]+)|([+-]?[0-9]+))[ \t\n\r\f\v]+(\S+)")
-_LIMIT = {"rt_tables": 1 << 32, "group": 1 << 31}  # hash tables keep any id; arrays ids < 256
+_LIMIT = {"rt_tables": 1 << 32, "group": 1 << 31, "protodown_reasons": 32}  # hash tables keep any id; arrays ids < 256
 
 
 def parse_table(text: str, limit: int = 256) -> dict[int, str]:
@@ -196,7 +198,7 @@ class NameConfig:
         for name, (_builtin, with_dir, _lazy) in _TABLES.items():
             limit = _LIMIT.get(name, 257)
             entries: dict[int, str] = {}
-            text = _read(f"{confdir}/{name}")
+            text = _read(f"{confdir}/{name}") if name != "protodown_reasons" else None
             if text is not None:
                 entries.update(parse_table(text, limit))
             if with_dir:
@@ -252,6 +254,9 @@ class Names:
 
     def group(self, number: int) -> str:
         return self._lookup("group", number) or str(number)
+
+    def protodown_reason(self, bit: int) -> str:
+        return self._lookup("protodown_reasons", bit) or str(bit)
 
     def dsfield(self, number: int) -> str:
         """``rtnl_dsfield_n2a``: a name, else ``0x%02x``."""

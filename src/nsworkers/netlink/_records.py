@@ -339,7 +339,7 @@ def link(
     if IFLA_LINK_NETNSID in a:
         rec["link_netnsid"] = w.s32(a[IFLA_LINK_NETNSID])
     if IFLA_PROTO_DOWN in a:
-        _proto_down(rec, a)
+        _proto_down(rec, a, names)
     if details:
         from ._linkinfo import link_details
 
@@ -361,19 +361,18 @@ _LINK_EVENTS = (
 )  # fmt: skip
 
 
-def _proto_down(rec: Record, a: dict[int, bytes]) -> None:
-    """``print_proto_down``."""
+def _proto_down(rec: Record, a: dict[int, bytes], names: n.Names) -> None:
+    """``print_proto_down``, including two quirks of 6.1: it looks for the reason's value among the
+    *link's* attributes (number 2, which is ``IFLA_BROADCAST``) and reads only its first byte."""
     if a[IFLA_PROTO_DOWN][0]:
         rec["proto_down"] = True
     reasons = a.get(IFLA_PROTO_DOWN_REASON)
-    if reasons is None:
+    if reasons is None or IFLA_PROTO_DOWN_REASON_VALUE not in a:
         return
     value = w.attrs(reasons).get(IFLA_PROTO_DOWN_REASON_VALUE)
-    if value is None:
-        return
-    reason = w.u32(value)
+    reason = value[0] if value else 0
     if reason:
-        rec["proto_down_reason"] = [str(bit) for bit in range(32) if reason >> bit & 1]
+        rec["proto_down_reason"] = [names.protodown_reason(bit) for bit in range(8) if reason >> bit & 1]
 
 
 def link_stats(payload: bytes, level: int) -> tuple[str, Record] | None:
