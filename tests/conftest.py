@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import psutil
 import pytest
@@ -201,3 +202,32 @@ def make_mount_ns() -> Iterator[Callable[[str], int]]:
         proc.wait()
         if proc.stdout is not None:
             proc.stdout.close()
+
+
+def in_child(body: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """Run *body* in a forked child (for what cannot be undone: seccomp, ``setns``) and return the JSON it reports."""
+    import json
+    import signal
+    import traceback
+
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the child
+        try:
+            os.close(read_end)
+            signal.alarm(60)
+            try:
+                report = body()
+            except BaseException as exc:
+                report = {"error": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))}
+            os.write(write_end, json.dumps(report).encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as reader:
+        data = reader.read()
+    os.waitpid(pid, 0)
+    assert data, "the child reported nothing"
+    result: dict[str, Any] = json.loads(data)
+    assert "error" not in result, result["error"]
+    return result

@@ -25,6 +25,8 @@ import pytest
 
 from nsworkers import _callerfs, _sys
 
+from .conftest import in_child
+
 pytestmark = pytest.mark.privileged
 
 CLONE_NEWNS = 0x00020000
@@ -303,20 +305,11 @@ def test_linecache_reads_regular_files_only_and_caps_the_size(tmp_path: Path) ->
 
         return {str(p): linecache.getlines(str(p)) for p in (fifo, big, small)}
 
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - runs in the child
-        try:
-            signal.alarm(30)
-            _callerfs.install(os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC))
-            os.write(write_end, json.dumps(body()).encode())
-        finally:
-            os._exit(0)
-    os.close(write_end)
-    with os.fdopen(read_end, "rb") as reader:
-        data = reader.read()
-    os.waitpid(pid, 0)
-    assert json.loads(data) == {str(fifo): [], str(big): [], str(small): ["x = 1\n"]}
+    def installed_then_body() -> dict[str, Any]:
+        _callerfs.install(os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC))
+        return body()
+
+    assert in_child(installed_then_body) == {str(fifo): [], str(big): [], str(small): ["x = 1\n"]}
 
 
 def test_open_regular_refuses_what_is_not_a_regular_file(tmp_path: Path) -> None:

@@ -131,3 +131,159 @@ def openat2(dir_fd: int, path: str, flags: int, resolve: int, mode: int = 0) -> 
         ctypes.c_size_t(ctypes.sizeof(how)),
     )
     return _check(int(fd))
+
+
+# ---------------------------------------------------------------------------
+# seccomp: make a namespace change impossible
+#
+# Constants, each from the kernel header that defines it:
+#   include/uapi/linux/seccomp.h   SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_TSYNC, SECCOMP_RET_*
+#   include/uapi/linux/filter.h    struct sock_filter / sock_fprog; BPF_* via include/uapi/linux/bpf_common.h
+#   include/uapi/linux/audit.h     AUDIT_ARCH_* (EM_* from include/uapi/linux/elf-em.h)
+#   include/uapi/linux/sched.h     CLONE_NEW*
+#   syscall numbers: arch/x86/entry/syscalls/syscall_64.tbl and syscall_32.tbl,
+#   include/uapi/asm-generic/unistd.h (arm64), arch/arm/tools/syscall.tbl (arm64's 32-bit compat)
+
+SECCOMP_SET_MODE_FILTER = 1
+SECCOMP_FILTER_FLAG_TSYNC = 1
+SECCOMP_RET_ALLOW = 0x7FFF0000
+SECCOMP_RET_ERRNO = 0x00050000
+
+BPF_LD, BPF_JMP, BPF_RET, BPF_ALU = 0x00, 0x05, 0x06, 0x04
+BPF_W, BPF_ABS, BPF_K = 0x00, 0x20, 0x00
+BPF_JEQ, BPF_JSET, BPF_AND = 0x10, 0x40, 0x50
+
+# struct seccomp_data: int nr; __u32 arch; __u64 instruction_pointer; __u64 args[6] (little-endian: low word first)
+_SECCOMP_NR, _SECCOMP_ARCH, _SECCOMP_ARG0_LOW = 0, 4, 16
+
+AUDIT_ARCH_X86_64 = 0xC000003E  # EM_X86_64 | __AUDIT_ARCH_64BIT | __AUDIT_ARCH_LE
+AUDIT_ARCH_I386 = 0x40000003  # EM_386 | __AUDIT_ARCH_LE
+AUDIT_ARCH_AARCH64 = 0xC00000B7  # EM_AARCH64 | __AUDIT_ARCH_64BIT | __AUDIT_ARCH_LE
+AUDIT_ARCH_ARM = 0x40000028  # EM_ARM | __AUDIT_ARCH_LE
+X32_SYSCALL_BIT = 0x40000000  # arch/x86/include/uapi/asm/unistd.h: x32 calls carry AUDIT_ARCH_X86_64
+
+CLONE_NEWTIME = 0x00000080
+CLONE_NEWNS = 0x00020000
+CLONE_NEWCGROUP = 0x02000000
+CLONE_NEWUTS = 0x04000000
+CLONE_NEWIPC = 0x08000000
+CLONE_NEWUSER = 0x10000000
+CLONE_NEWPID = 0x20000000
+CLONE_NEWNET = 0x40000000
+#: clone(2) cannot ask for CLONE_NEWTIME: that bit is part of its exit-signal byte (CSIGNAL).
+_CLONE_NEW_MASK = (
+    CLONE_NEWNS | CLONE_NEWCGROUP | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWUSER | CLONE_NEWPID | CLONE_NEWNET
+)
+_UNSHARE_NEW_MASK = _CLONE_NEW_MASK | CLONE_NEWTIME
+
+#: Per audit arch: (setns, unshare, clone, clone3) numbers; the seccomp syscall's own number by machine.
+_SYSCALLS = {
+    AUDIT_ARCH_X86_64: (308, 272, 56, 435),
+    AUDIT_ARCH_I386: (346, 310, 120, 435),
+    AUDIT_ARCH_AARCH64: (268, 97, 220, 435),
+    AUDIT_ARCH_ARM: (375, 337, 120, 435),
+}
+_HOSTS = {"x86_64": ((AUDIT_ARCH_X86_64, AUDIT_ARCH_I386), 317), "aarch64": ((AUDIT_ARCH_AARCH64, AUDIT_ARCH_ARM), 277)}
+
+
+def namespace_filter(arches: tuple[int, ...]) -> list[tuple[int, int, int, int]]:
+    """The BPF program (``struct sock_filter`` tuples) of :func:`deny_namespace_changes` for *arches*.
+
+    setns -> EPERM; unshare or clone asking for any new namespace -> EPERM;
+    clone3 -> ENOSYS (its flags sit behind a pointer the filter cannot read;
+    glibc then falls back to clone); a call of any other arch -> EPERM.
+    """
+    program: list[tuple[int, int | str, int | str, int]] = []  # jumps by label, resolved below
+    labels: dict[str, int] = {}
+
+    def emit(code: int, k: int, jt: int | str = 0, jf: int | str = 0) -> None:
+        program.append((code, jt, jf, k))
+
+    def label(name: str) -> None:
+        labels[name] = len(program)
+
+    load, ret, jeq = BPF_LD | BPF_W | BPF_ABS, BPF_RET | BPF_K, BPF_JMP | BPF_JEQ | BPF_K
+    emit(load, _SECCOMP_ARCH)
+    for arch in arches:
+        emit(jeq, arch, jt=f"arch {arch:#x}")
+    emit(ret, SECCOMP_RET_ERRNO | errno.EPERM)
+    for arch in arches:
+        setns_nr, unshare_nr, clone_nr, clone3_nr = _SYSCALLS[arch]
+        label(f"arch {arch:#x}")
+        emit(load, _SECCOMP_NR)
+        if arch == AUDIT_ARCH_X86_64:
+            emit(BPF_ALU | BPF_AND | BPF_K, ~X32_SYSCALL_BIT & 0xFFFFFFFF)
+        emit(jeq, setns_nr, jt="eperm")
+        emit(jeq, clone3_nr, jt="enosys")
+        emit(jeq, unshare_nr, jt="unshare")
+        emit(jeq, clone_nr, jt="clone")
+        emit(ret, SECCOMP_RET_ALLOW)
+    for name, mask in (("unshare", _UNSHARE_NEW_MASK), ("clone", _CLONE_NEW_MASK)):
+        label(name)
+        emit(load, _SECCOMP_ARG0_LOW)  # flags: every CLONE_NEW* bit is in the low word
+        emit(BPF_JMP | BPF_JSET | BPF_K, mask, jt="eperm")
+        emit(ret, SECCOMP_RET_ALLOW)
+    label("eperm")
+    emit(ret, SECCOMP_RET_ERRNO | errno.EPERM)
+    label("enosys")
+    emit(ret, SECCOMP_RET_ERRNO | errno.ENOSYS)
+
+    def offset(at: int, jump: int | str) -> int:
+        return jump if isinstance(jump, int) else labels[jump] - at - 1
+
+    return [(code, offset(i, jt), offset(i, jf), k) for i, (code, jt, jf, k) in enumerate(program)]
+
+
+def deny_namespace_changes() -> bool:
+    """Make it impossible for this process to change any namespace: True if done, False if not possible here.
+
+    Installs a seccomp filter on every thread (``SECCOMP_FILTER_FLAG_TSYNC``):
+    ``setns`` fails with EPERM, so do ``unshare`` and ``clone`` with any
+    ``CLONE_NEW*`` flag; ``clone3`` fails with ENOSYS so that glibc falls back
+    to ``clone`` (threads, ``os.fork`` and ``subprocess`` keep working).
+    ``unshare`` of anything else (``CLONE_FILES``, ``CLONE_FS``) still works.
+
+    The filter cannot be removed and is inherited by every child and across
+    ``execve``: a subprocess of the callable cannot ``unshare`` or ``nsenter``
+    either. That is the price of "impossible". ``PR_SET_NO_NEW_PRIVS`` is not
+    set (it would change what setuid programs run by the callable do), so the
+    kernel requires ``CAP_SYS_ADMIN`` in the current user namespace: without
+    it (EACCES), on a kernel without seccomp filters (EINVAL), when another
+    thread carries a different filter (TSYNC failure) or on a machine other
+    than x86_64/aarch64, nothing is installed and the result is False, for the
+    caller to fall back to checking ``/proc/self/ns`` after each call.
+    """
+    import ctypes
+
+    host = _HOSTS.get(os.uname().machine)
+    if host is None or ctypes.sizeof(ctypes.c_void_p) != 8:
+        return False
+    arches, seccomp_nr = host
+
+    class SockFilter(ctypes.Structure):
+        _fields_ = (("code", ctypes.c_uint16), ("jt", ctypes.c_uint8), ("jf", ctypes.c_uint8), ("k", ctypes.c_uint32))
+
+    class SockFprog(ctypes.Structure):
+        _fields_ = (("len", ctypes.c_ushort), ("filter", ctypes.POINTER(SockFilter)))
+
+    program = namespace_filter(arches)
+    filters = (SockFilter * len(program))(*(SockFilter(*insn) for insn in program))
+    prog = SockFprog(len(program), filters)
+    libc = _get_libc()
+    libc.syscall.restype = ctypes.c_long
+    ret = int(
+        libc.syscall(
+            ctypes.c_long(seccomp_nr),
+            ctypes.c_uint(SECCOMP_SET_MODE_FILTER),
+            ctypes.c_uint(SECCOMP_FILTER_FLAG_TSYNC),
+            ctypes.byref(prog),
+        )
+    )
+    if ret == 0:
+        return True
+    if ret > 0:  # TSYNC: the id of a thread that could not be synchronized
+        return False
+    err = ctypes.get_errno()
+    if err in (errno.EACCES, errno.EINVAL, errno.ENOSYS):
+        return False
+    raise OSError(err, f"seccomp(SECCOMP_SET_MODE_FILTER): {os.strerror(err)}")
