@@ -111,15 +111,19 @@ def open_regular(path: str, root_fd: int = -1) -> int:
 
 def read_regular(path: str, root_fd: int = -1, max_size: int | None = None) -> bytes:
     """The bytes of the regular file *path* under *root_fd*; ``OSError(EFBIG)`` past *max_size*."""
-    fd = open_regular(path, root_fd)
+    return _read(open_regular(path, root_fd), path, max_size)[1]
+
+
+def _read(fd: int, path: str, max_size: int | None) -> tuple[os.stat_result, bytes]:
+    """Read all of *fd* (closed after), refusing more than *max_size* bytes."""
     with open(fd, "rb", closefd=True) as file:
-        size = os.fstat(fd).st_size
-        if max_size is not None and size > max_size:
+        st = os.fstat(fd)
+        if max_size is not None and st.st_size > max_size:
             raise OSError(errno.EFBIG, f"{path} is larger than {max_size} bytes")
         data = file.read() if max_size is None else file.read(max_size + 1)
     if max_size is not None and len(data) > max_size:  # it grew after fstat
         raise OSError(errno.EFBIG, f"{path} is larger than {max_size} bytes")
-    return data
+    return st, data
 
 
 # ---------------------------------------------------------------------------
@@ -394,15 +398,8 @@ def _source_lines(root_fd: int, path: str) -> tuple[os.stat_result, list[str]] |
     import tokenize
 
     try:
-        fd = open_regular(path, root_fd)
+        st, data = _read(open_regular(path, root_fd), path, LINECACHE_MAX_BYTES)
     except (OSError, ValueError):
-        return None
-    with open(fd, "rb", closefd=True) as file:
-        st = os.fstat(fd)
-        if st.st_size > LINECACHE_MAX_BYTES:
-            return None
-        data = file.read(LINECACHE_MAX_BYTES + 1)
-    if len(data) > LINECACHE_MAX_BYTES:
         return None
     try:
         encoding, _ = tokenize.detect_encoding(io.BytesIO(data).readline)
@@ -514,6 +511,8 @@ def install(root_fd: int) -> None:
     ``O_PATH | O_DIRECTORY`` fd of ``/`` taken before the join; the fd must stay
     open for the life of the process. Builtin and frozen modules still load;
     every other finder leaves ``sys.meta_path``. Irreversible by design.
+    Raises ``OSError`` (ENOSYS) on a kernel without ``openat2`` (Linux < 5.6),
+    before changing anything.
     """
     import tokenize  # noqa: F401 - used by linecache after the join
     import zipfile  # noqa: F401 - the finder reads zip archives' member lists
