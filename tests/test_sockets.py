@@ -169,6 +169,17 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def test_cli_inspect_sockets_table(net: HostNet) -> None:
+    done = _cli("inspect", "--what", "sockets", "--format", "table", net.names["pod3"])
+    assert done.returncode == 0, done.stderr
+    rows = [line.split() for line in done.stdout.splitlines()[1:]]
+    assert sorted(r[:4] for r in rows) == [
+        [net.names["pod3"], "-", "ESTAB", "udp"],
+        [net.names["pod3"], "eth0", "UNCONN", "udp"],
+    ]
+    assert all(f"pid={net.pids['pod3']}," in r[-1] for r in rows)
+
+
 def test_cli_sockets_listening_and_port(net: HostNet) -> None:
     done = _cli("sockets", "--listening", "--json", *net.names.values())
     assert done.returncode == 0, done.stderr

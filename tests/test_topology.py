@@ -75,7 +75,7 @@ def test_exact_edge_set(graph: Topology, net: HostNet) -> None:
 def test_nodes_match_ip_link_and_addr(graph: Topology, net: HostNet) -> None:
     for ns in graph["namespaces"]:
         role = net.role(ns["path"])
-        assert ns["name"] == net.names[role] and ns["label"] == net.names[role]
+        assert ns["name"] == net.names[role] and ns["label"] == net.names[role] and ns["partial"] is False
         links = json.loads(net.run_in(role, "ip", "-d", "-j", "link", "show"))
         addrs = {a["ifindex"]: a for a in json.loads(net.run_in(role, "ip", "-j", "addr", "show"))}
         nodes = {n["ifindex"]: n for n in graph["nodes"] if n["namespace"] == ns["id"]}
@@ -123,8 +123,39 @@ def test_nsids_cost_one_question_per_foreign_link(net: HostNet) -> None:
     assert CountingPool.made == 2
 
 
-def test_a_peer_outside_the_selection_stays_unresolved(net: HostNet) -> None:
+def _edges(graph: Topology, net: HostNet) -> set[tuple[str, str | None, str | None]]:
+    return {(e["kind"], _where(graph, net, e["from"]), _where(graph, net, e["to"])) for e in graph["edges"]}
+
+
+def test_one_pod_brings_its_peers_side(net: HostNet) -> None:
+    # which host veth belongs to pod1, and what is it plugged into: the host comes in, partially
     graph = nsworkers.topology([net.path("pod1")], attribution=False)
+    assert [(net.role(n["path"]), n["partial"]) for n in graph["namespaces"]] == [("pod1", False), ("host", True)] or [
+        (net.role(n["path"]), n["partial"]) for n in graph["namespaces"]
+    ] == [("host", True), ("pod1", False)]
+    assert {_where(graph, net, n["id"]) for n in graph["nodes"]} == {"pod1:lo", "pod1:eth0", "host:hv1", "host:br0"}
+    veth = next(e for e in graph["edges"] if e["kind"] == "veth")
+    assert {_where(graph, net, veth["from"]), _where(graph, net, veth["to"])} == {"pod1:eth0", "host:hv1"}
+    assert {e for e in _edges(graph, net) if e[0] != "veth"} == {
+        ("master", "host:hv1", "host:br0"),
+        ("gateway", "pod1:eth0", "host:br0"),
+    }
+    graph = nsworkers.topology([net.path("pod4")], attribution=False)
+    assert {e for e in _edges(graph, net) if e[0] != "veth"} == {
+        ("lower", "pod4:eth0", "host:uplink1"),
+        ("gateway", "pod4:eth0", "host:uplink0"),
+        ("gateway", "host:uplink0", "pod4:eth0"),  # the host's 10.30.0.0/16 via 10.20.0.14
+    }
+    assert {_where(graph, net, n["id"]) for n in graph["nodes"]} == {
+        "pod4:lo",
+        "pod4:eth0",
+        "host:uplink0",
+        "host:uplink1",
+    }
+
+
+def test_a_peer_outside_the_selection_stays_unresolved(net: HostNet) -> None:
+    graph = nsworkers.topology([net.path("pod1")], attribution=False, peers=False)
     (edge,) = graph["edges"]
     assert edge["kind"] == "veth" and edge["to"] is None
     host_index = json.loads(net.run_in("host", "ip", "-j", "link", "show", "hv1"))[0]["ifindex"]

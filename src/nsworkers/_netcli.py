@@ -35,7 +35,7 @@ def _cmd_topology(args: argparse.Namespace) -> int:
     if targets == []:
         print("nsworkers: no network namespace matches", file=sys.stderr)
         return EXIT_ERROR
-    graph = topology(targets, jobs=args.jobs, timeout=args.timeout)
+    graph = topology(targets, jobs=args.jobs, timeout=args.timeout, peers=args.peers)
     _report(graph["errors"])
     if not graph["namespaces"]:
         return EXIT_ERROR
@@ -192,6 +192,12 @@ def add_commands(sub: Any) -> None:
         default="json",
         metavar="FORMAT",
         help="json, dot, svg or png (svg and png need graphviz)",
+    )
+    topo.add_argument(
+        "--no-peers",
+        dest="peers",
+        action="store_false",
+        help="with NS or a filter: do not bring in the namespaces their interfaces are wired to",
     )
     _common(topo)
     topo.set_defaults(func=_cmd_topology)

@@ -18,7 +18,7 @@ N small requests.
 Schema (every key always present)::
 
     {"namespaces": [{"id": "net:[4026532301]", "path": "/run/netns/blue", "name": "blue",
-                     "label": "blue", "attribution": {...} | null}],
+                     "label": "blue", "attribution": {...} | null, "partial": false}],
      "nodes": [{"id": "net:[4026532301]/3", "namespace": "net:[4026532301]", "ifindex": 3,
                 "ifname": "eth0", "kind": "veth" | "bridge" | "macvlan" | "vxlan" | ... | null,
                 "address": "0a:58:...", "operstate": "UP", "mtu": 1500,
@@ -33,9 +33,10 @@ goes from a port to its bridge (or other master); ``lower`` from a
 macvlan/macvtap/ipvlan to its parent; ``underlay`` from a vxlan to the device
 its packets leave by; ``gateway`` from the interface a route leaves by to the
 interface that owns the route's gateway address, when the two are wired
-together (``dst`` and ``gateway`` say which route). An end in a namespace
-that was not inspected, or whose nsid could not be resolved, is ``null`` with
-``netnsid`` and ``peer_ifindex`` kept.
+together (``dst`` and ``gateway`` say which route). A namespace brought in
+only because given ones are wired to it is ``partial``: just those
+interfaces and their masters. An end whose nsid could not be resolved is
+``null`` with ``netnsid`` and ``peer_ifindex`` kept.
 """
 
 from __future__ import annotations
@@ -291,13 +292,18 @@ def topology(
     timeout: float | None = 30.0,
     attribution: bool = True,
     gateways: bool = True,
+    peers: bool = True,
 ) -> Topology:
     """The graph of every network namespace (or those given) and the wires between their interfaces.
 
-    See the module docstring for the schema. An edge whose other end is in a
-    namespace not given keeps that end ``null`` (with ``netnsid`` and
-    ``peer_ifindex``). With *gateways*, routes' gateways reachable over the
-    graph's wires become ``gateway`` edges.
+    See the module docstring for the schema. When *namespaces* are given and
+    an interface's other end is in a namespace not given, *peers* looks for
+    that namespace among all of the host's (asking the kernel, by fd, which
+    one the nsid names) and adds it as ``"partial"``: only the interfaces
+    wired to the ones given, and their bridges. Without *peers* (or if none
+    is found) the end stays ``null`` with ``netnsid`` and ``peer_ifindex``.
+    With *gateways*, routes' gateways reachable over the graph's wires become
+    ``gateway`` edges.
     """
     from ._inspect import _label as target_label
     from ._inspect import _name_of, batch_pool, batch_targets
@@ -330,16 +336,73 @@ def topology(
                 continue
             views[ns.unique_id] = result
         resolver = _NsidResolver(pool, {uid: opened[uid] for uid in views}, timeout)
+        selected = set(views)
         try:
-            _build(graph, views, opened, owners, resolver, gateways, _name_of)
+            _build(graph, views, opened, owners, resolver, gateways, _name_of, selected)
+            open_ends = {
+                (e["from"].rsplit("/", 1)[0], e["netnsid"])
+                for e in graph["edges"]
+                if e["to"] is None and "netnsid" in e
+            }
+            if peers and namespaces is not None and open_ends:
+                _add_peers(pool, timeout, views, opened, mine, resolver, open_ends)
+                if len(views) > len(selected):  # again, with the peers' namespaces (their nsids are known now)
+                    graph["namespaces"] = []
+                    _build(graph, views, opened, owners, resolver, gateways, _name_of, selected)
         finally:
             resolver.close()
+        if len(views) > len(selected):
+            _prune(graph, selected)
     finally:
         for ns in mine:
             ns.close()
         if own:
             pool.shutdown(wait=False, cancel_futures=True)
     return graph
+
+
+def _add_peers(
+    pool: Pool,
+    timeout: float | None,
+    views: dict[str, Record],
+    opened: dict[str, Namespace],
+    mine: list[Namespace],
+    resolver: _NsidResolver,
+    wanted: set[tuple[str, int]],
+) -> None:
+    """Add the views of the namespaces that *wanted* ``(namespace, nsid)`` name, found among all of the host's."""
+    from ._inspect import network_namespaces
+    from ._namespace import Namespace
+
+    for path in network_namespaces():
+        try:
+            ns = Namespace.open(path, "net")
+        except OSError:  # gone since the scan
+            continue
+        if ns.unique_id in opened:
+            ns.close()
+            continue
+        mine.append(ns)
+        opened[ns.unique_id] = ns
+        resolver.namespaces[ns.unique_id] = ns
+    found = {resolver.resolve(uid, nsid, []) for uid, nsid in sorted(wanted)} - {None, *views}
+    extra = [opened[uid] for uid in sorted(u for u in found if u is not None)]
+    for ns, result in pool.options(timeout=timeout).map(namespace_view, extra, return_exceptions=True):
+        if not isinstance(result, BaseException):  # a peer that vanished meanwhile stays an open end
+            views[ns.unique_id] = result
+
+
+def _prune(graph: Topology, selected: set[str]) -> None:
+    """Of the namespaces not asked for, keep the interfaces wired to asked-for ones, and their masters."""
+    node_ns = {n["id"]: n["namespace"] for n in graph["nodes"]}
+    keep = {node for node, ns in node_ns.items() if ns in selected}
+    for edge in graph["edges"]:
+        if edge["to"] is not None and (node_ns[edge["from"]] in selected or node_ns[edge["to"]] in selected):
+            keep |= {edge["from"], edge["to"]}
+    keep |= {n["master"] for n in graph["nodes"] if n["id"] in keep and n["master"] in node_ns}
+    graph["nodes"] = [n for n in graph["nodes"] if n["id"] in keep]
+    graph["edges"] = [e for e in graph["edges"] if e["from"] in keep and (e["to"] is None or e["to"] in keep)]
+    graph["edges"] = [e for e in graph["edges"] if e["to"] is not None or node_ns[e["from"]] in selected]
 
 
 def _build(
@@ -350,6 +413,7 @@ def _build(
     resolver: _NsidResolver,
     gateways: bool,
     name_of: Any,
+    selected: set[str],
 ) -> None:
     nodes: dict[str, Record] = {}
     by_ns: dict[str, dict[int, Record]] = {}
@@ -364,6 +428,7 @@ def _build(
                 "name": name,
                 "label": _label(path, name, owner),
                 "attribution": owner.as_dict() if owner is not None else None,
+                "partial": uid not in selected,
             }
         )
         table = by_ns[uid] = {i["ifindex"]: i for i in views[uid]["interfaces"]}
@@ -401,8 +466,10 @@ def _build(
             and table[index]["link_netnsid"] is not None
         ]
         candidates += [o for o, t in by_ns.items() if o != uid and index in t and o not in candidates]
+        if uid not in selected:  # a peer namespace: its other wires are not drawn, and not looked up
+            return None, {"netnsid": nsid, "peer_ifindex": index}
         where = resolver.resolve(uid, nsid, candidates)
-        if where is None or index not in by_ns[where]:
+        if where is None or where not in by_ns or index not in by_ns[where]:
             return None, {"netnsid": nsid, "peer_ifindex": index}
         peer = by_ns[where][index]
         if iface["kind"] == "veth" and peer["link"] == iface["ifindex"] and peer["link_netnsid"] is not None:
@@ -507,8 +574,10 @@ def _dot(graph: Topology) -> str:
         title = (
             ns["label"] if ns["label"] == (ns["name"] or ns["path"]) else f"{ns['label']}\n{ns['name'] or ns['path']}"
         )
+        style = '"rounded,dashed"' if ns["partial"] else '"rounded"'
+        title += "\n" + ns["id"] + ("\n(only what is wired to the others)" if ns["partial"] else "")
         lines.append(f"  subgraph cluster_{index} {{")
-        lines.append(f'    label={_quote(title + chr(10) + ns["id"])}; style="rounded"; color="#888888";')
+        lines.append(f'    label={_quote(title)}; style={style}; color="#888888";')
         for node in members.get(ns["id"], []):
             if node["ifname"] == "lo" and not any(a for a in node["addresses"] if not a.startswith(("127.", "::1"))):
                 continue  # every namespace has one; it is wired to nothing

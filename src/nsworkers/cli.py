@@ -167,6 +167,11 @@ def _rows(ns: str, section: str, records: list[dict[str, Any]]) -> list[tuple[st
             o = rec["original"]
             ends = f"{o['src']}:{o.get('sport', '')} -> {o['dst']}:{o.get('dport', '')}"
             rows.append((ns, "-", rec.get("state", rec["protocol"]), "", f"{rec['protocol']} {ends}"))
+        elif section in ("sockets", "unix_sockets"):
+            from ._sockets import ss_endpoint, ss_users
+
+            text = f"{rec['netid']} {ss_endpoint(rec, 'local')} {ss_endpoint(rec, 'peer')} {ss_users(rec)}"
+            rows.append((ns, rec.get("interface") or "-", rec["state"], "", text.rstrip()))
         elif section.startswith("xfrm"):
             rows.append((ns, "-", section, "", f"{rec['src']} -> {rec['dst']} {rec.get('dir', rec.get('proto', ''))}"))
     return rows
@@ -195,6 +200,7 @@ def _table(entries: list[dict[str, Any]], out: TextIO) -> None:
 
 _SECTION_NAMES = (
     "routes", "neighbours", "proxy_neighbours", "rules", "nexthops", "conntrack", "xfrm_policies", "xfrm_states",
+    "sockets", "unix_sockets",
 )  # fmt: skip
 
 
