@@ -56,29 +56,8 @@ __all__ = ("Topology", "topology")
 
 Record = dict[str, Any]
 
-# include/uapi/linux/if_link.h
-_IFLA_ADDRESS = 1
-_IFLA_IFNAME = 3
-_IFLA_MTU = 4
-_IFLA_LINK = 5
-_IFLA_MASTER = 10
-_IFLA_OPERSTATE = 16
-_IFLA_LINKINFO = 18
-_IFLA_LINK_NETNSID = 37
-_IFLA_INFO_KIND = 1
-_IFLA_INFO_DATA = 2
-_IFLA_VXLAN_ID = 1
-_IFLA_VXLAN_GROUP = 2
-_IFLA_VXLAN_LINK = 3
-_IFLA_VXLAN_LOCAL = 4
-_IFLA_VXLAN_PORT = 15
-_IFLA_VXLAN_GROUP6 = 16
-_IFLA_VXLAN_LOCAL6 = 17
-_IFLA_MACVLAN_MODE = 1
-_MACVLAN_MODES = {1: "private", 2: "vepa", 4: "bridge", 8: "passthru", 16: "source"}  # MACVLAN_MODE_*
-_OPERSTATES = ["UNKNOWN", "NOTPRESENT", "DOWN", "LOWERLAYERDOWN", "TESTING", "DORMANT", "UP"]
-_LOWER_KINDS = frozenset({"macvlan", "macvtap", "ipvlan", "ipvtap", "vlan"})
-# include/uapi/linux/net_namespace.h
+_LOWER_KINDS = frozenset({"macvlan", "macvtap", "ipvlan", "ipvtap", "vlan"})  # IFLA_LINK names their parent
+# include/uapi/linux/rtnetlink.h, net_namespace.h
 _RTM_NEWNSID = 88
 _RTM_GETNSID = 90
 _NETNSA_NSID = 1
@@ -95,55 +74,58 @@ _S32 = struct.Struct("=i")
 def _info(kind: str | None, data: bytes | None) -> Record:
     """The kind-specific settings a topology shows (named as ``ip -d -j link`` names them)."""
     from .netlink import _wire as w
+    from .netlink._linkinfo import _MACVLAN_MODES, MACVLAN, VXLAN
 
     if data is None:
         return {}
     a = w.attrs(data)
     if kind == "vxlan":
         out: Record = {}
-        if _IFLA_VXLAN_ID in a:
-            out["id"] = w.u32(a[_IFLA_VXLAN_ID])
+        if VXLAN.ID in a:
+            out["id"] = w.u32(a[VXLAN.ID])
         for key, v4, v6 in (
-            ("group", _IFLA_VXLAN_GROUP, _IFLA_VXLAN_GROUP6),
-            ("local", _IFLA_VXLAN_LOCAL, _IFLA_VXLAN_LOCAL6),
+            ("group", VXLAN.GROUP, VXLAN.GROUP6),
+            ("local", VXLAN.LOCAL, VXLAN.LOCAL6),
         ):
             raw = a.get(v4) or a.get(v6)
             if raw and any(raw):
                 out[key] = w.ip(raw)
-        if _IFLA_VXLAN_PORT in a:
-            out["port"] = w.be16(a[_IFLA_VXLAN_PORT])
-        if _IFLA_VXLAN_LINK in a:
-            out["link_index"] = w.u32(a[_IFLA_VXLAN_LINK])
+        if VXLAN.PORT in a:
+            out["port"] = w.be16(a[VXLAN.PORT])
+        if VXLAN.LINK in a:
+            out["link_index"] = w.u32(a[VXLAN.LINK])
         return out
-    if kind in ("macvlan", "macvtap") and _IFLA_MACVLAN_MODE in a:
-        mode = w.u32(a[_IFLA_MACVLAN_MODE])
+    if kind in ("macvlan", "macvtap") and MACVLAN.MODE in a:
+        mode = w.u32(a[MACVLAN.MODE])
         return {"mode": _MACVLAN_MODES.get(mode, str(mode))}
     return {}
 
 
 def _interface(payload: bytes) -> Record:
+    from .netlink import _names as n
+    from .netlink import _records as r
     from .netlink import _wire as w
 
     _family, _type, index, _flags, _change = _IFINFOMSG.unpack_from(payload)
     a = w.attrs(payload, _IFINFOMSG.size)
     kind = None
     info: Record = {}
-    if _IFLA_LINKINFO in a:
-        li = w.attrs(a[_IFLA_LINKINFO])
-        if _IFLA_INFO_KIND in li:
-            kind = w.cstr(li[_IFLA_INFO_KIND])
-        info = _info(kind, li.get(_IFLA_INFO_DATA))
-    operstate = a[_IFLA_OPERSTATE][0] if _IFLA_OPERSTATE in a else 0
+    if r.IFLA_LINKINFO in a:
+        li = w.attrs(a[r.IFLA_LINKINFO])
+        if r.IFLA_INFO_KIND in li:
+            kind = w.cstr(li[r.IFLA_INFO_KIND])
+        info = _info(kind, li.get(r.IFLA_INFO_DATA))
+    operstate = a[r.IFLA_OPERSTATE][0] if r.IFLA_OPERSTATE in a else 0
     return {
         "ifindex": index,
-        "ifname": w.cstr(a[_IFLA_IFNAME]),
+        "ifname": w.cstr(a[r.IFLA_IFNAME]),
         "kind": kind,
-        "address": ":".join(f"{b:02x}" for b in a.get(_IFLA_ADDRESS, b"")) or None,
-        "operstate": _OPERSTATES[operstate] if operstate < len(_OPERSTATES) else str(operstate),
-        "mtu": w.u32(a[_IFLA_MTU]) if _IFLA_MTU in a else None,
-        "master": w.u32(a[_IFLA_MASTER]) if _IFLA_MASTER in a else None,
-        "link": w.s32(a[_IFLA_LINK]) if _IFLA_LINK in a else None,
-        "link_netnsid": w.s32(a[_IFLA_LINK_NETNSID]) if _IFLA_LINK_NETNSID in a else None,
+        "address": ":".join(f"{b:02x}" for b in a.get(r.IFLA_ADDRESS, b"")) or None,
+        "operstate": n.OPERSTATES[operstate] if operstate < len(n.OPERSTATES) else str(operstate),
+        "mtu": w.u32(a[r.IFLA_MTU]) if r.IFLA_MTU in a else None,
+        "master": w.u32(a[r.IFLA_MASTER]) if r.IFLA_MASTER in a else None,
+        "link": w.s32(a[r.IFLA_LINK]) if r.IFLA_LINK in a else None,
+        "link_netnsid": w.s32(a[r.IFLA_LINK_NETNSID]) if r.IFLA_LINK_NETNSID in a else None,
         "info": info,
         "addresses": [],
     }
