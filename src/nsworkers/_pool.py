@@ -486,36 +486,55 @@ class Pool:
         ``pidfd_getfd(2)`` (Linux 5.6+), and the worker then closes its copy.
         No process is forked per socket.
         """
+        _, (fd,) = self._take_fds(target, _worker_socket, (family, type, proto), self._timeout)
+        return _socket.socket(fileno=fd)
+
+    def _take_fds(
+        self, target: Target, fn: Callable[..., tuple[Any, list[int]]], args: tuple[Any, ...], timeout: float | None
+    ) -> tuple[Any, list[int]]:
+        """Run *fn* in *target*'s worker; it returns ``(info, fds it opened)``; take copies of those fds.
+
+        The caller gets ``(info, its own duplicates)`` (``pidfd_getfd(2)``,
+        close-on-exec); the worker then closes its copies. An fd keeps the
+        namespace it was opened in: a netlink socket keeps talking to it, a
+        ``/proc/net`` or ``/proc/sys/net`` file keeps reading its values.
+        """
         resolved = _resolve(target)
         with self._lock:
             if self._closing:
                 raise PoolClosedError("the pool is shut down")
             self._inflight += 1
-        deadline = None if self._timeout is None else time.monotonic() + self._timeout
+        deadline = None if timeout is None else time.monotonic() + timeout
         try:
-            worker = self._acquire(resolved, deadline, self._timeout)
+            worker = self._acquire(resolved, deadline, timeout)
         except BaseException:
             self._release(None, False)
             raise
         healthy = False
+        taken: list[int] = []
         try:
-            make = _Call(_worker_socket, (family, type, proto), {})
+            make = _Call(fn, args, {})
             try:
-                reply = self._roundtrip(worker, make, deadline, self._timeout)
+                reply = self._roundtrip(worker, make, deadline, timeout)
             except _StaleWorker:
                 raise WorkerCrashedError(f"the worker for {worker.label} was gone; try again") from None
             if reply[0] != msg.OK:
                 healthy = reply[0] != msg.TAINTED
                 self._outcome(reply, worker, make)
-            remote_fd = reply[1]
+            info, remote = reply[1]
             try:
-                fd = _pidfd_getfd(worker.pid, remote_fd)
+                for remote_fd in remote:
+                    taken.append(_pidfd_getfd(worker.pid, remote_fd))
+            except BaseException:
+                for fd in taken:
+                    os.close(fd)
+                raise
             finally:
-                self._roundtrip(worker, _Call(os.close, (remote_fd,), {}), deadline, self._timeout)
+                self._roundtrip(worker, _Call(_close_fds, (remote,), {}), deadline, timeout)
             healthy = True
         finally:
             self._release(worker, healthy)
-        return _socket.socket(fileno=fd)
+        return info, taken
 
     def options(self, *, timeout: float | None = None) -> PoolOptions:
         """A view of this pool with per-call options, which cannot collide with the callable's keywords::
@@ -1062,9 +1081,15 @@ class Pool:
 _END = object()
 
 
-def _worker_socket(family: int, kind: int, proto: int) -> int:
+def _worker_socket(family: int, kind: int, proto: int) -> tuple[None, list[int]]:
     """Runs in the worker: a new socket's fd, left open for the caller to duplicate."""
-    return _socket.socket(family, kind, proto).detach()
+    return None, [_socket.socket(family, kind, proto).detach()]
+
+
+def _close_fds(fds: list[int]) -> None:
+    """Runs in the worker: close the fds the caller has taken copies of."""
+    for fd in fds:
+        os.close(fd)
 
 
 def _pidfd_getfd(pid: int, fd: int) -> int:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from collections.abc import Sequence
 from typing import Any, TextIO
@@ -18,6 +19,8 @@ from ._cliargs import (
     add_command,
     comma_list,
     examples_text,
+    non_negative_float,
+    non_negative_int,
     positive_float,
     positive_int,
     privilege_hint,
@@ -293,6 +296,50 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return demo(sys.stdout)
 
 
+def _cmd_exporter(args: argparse.Namespace) -> int:
+    import importlib.util
+    import logging
+
+    if importlib.util.find_spec("prometheus_client") is None:
+        print("nsworkers exporter: needs prometheus-client: pip install 'nsworkers[exporter]'", file=sys.stderr)
+        return EXIT_ERROR
+    from ._exporter import ExporterOptions, run
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s nsworkers exporter: %(message)s", stream=sys.stderr)
+    filtered = args.container or args.pod or args.runtime
+    options = ExporterOptions(
+        labels_on_every_series=args.labels,
+        exclude_interfaces=args.exclude_interface,
+        patterns=args.patterns,
+        match=(lambda owner: _matches(owner, args)) if filtered else None,
+        scrape_timeout=args.scrape_timeout,
+        max_age=args.max_age,
+        jobs=args.jobs,
+    )
+    return run(
+        options,
+        address=args.listen_address,
+        port=args.port,
+        once=args.once,
+        textfile=args.textfile,
+        interval=args.interval,
+    )
+
+
+def _regex(text: str) -> re.Pattern[str]:
+    try:
+        return re.compile(text)
+    except re.error as exc:
+        raise argparse.ArgumentTypeError(f"not a regular expression ({exc}): {text!r}") from None
+
+
+def _port(text: str) -> int:
+    value = non_negative_int(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"must be a port number 0-65535, got {text!r}")
+    return value
+
+
 def _add_targets(parser: argparse.ArgumentParser, all_help: str) -> None:
     parser.add_argument("namespaces", nargs="*", type=_target, metavar="NS", help="a name in /run/netns or a path")
     parser.add_argument("--all", action="store_true", help=all_help)
@@ -405,6 +452,55 @@ def build_parser() -> argparse.ArgumentParser:
     wat.add_argument("--count", type=positive_int, default=None, metavar="N", help="stop after N change events")
     wat.add_argument("--duration", type=positive_float, default=None, metavar="SECONDS", help="stop after SECONDS")
     wat.set_defaults(func=_cmd_watch)
+
+    exp = add_command(
+        sub,
+        "exporter",
+        summary="Prometheus metrics of every network namespace: HTTP /metrics, one scrape, or a textfile",
+        description="Serve per-namespace network metrics (interface counters, addresses, routes, neighbours, "
+        "conntrack, sockets, TCP/UDP errors) of every network namespace on the host to Prometheus, "
+        "with an info metric naming each namespace's pod, container or unit. Namespaces are found anew at "
+        "each scrape; concurrent scrapes share one collection. Metric list: see the README.",
+        examples=[
+            ("nsworkers exporter", "serve http://127.0.0.1:10025/metrics until SIGTERM or Ctrl-C"),
+            ("nsworkers exporter --listen-address 0.0.0.0 --exclude-interface '^lo$'", "all addresses; no lo"),
+            ("nsworkers exporter --once 'qrouter-*'", "print one scrape of the OpenStack routers"),
+            (
+                "nsworkers exporter --textfile /srv/node_exporter/nsw.prom --interval 30",
+                "keep a node_exporter textfile fresh (written atomically)",
+            ),
+            ("nsworkers exporter --runtime containerd --labels", "containerd's pods, owner labels on every series"),
+        ],
+    )
+    exp.add_argument("patterns", nargs="*", metavar="NAME_GLOB", help="only namespaces whose netns label matches")
+    exp.add_argument("--listen-address", default="127.0.0.1", metavar="ADDRESS", help="address to serve on")
+    exp.add_argument("--port", type=_port, default=10025, metavar="PORT", help="port to serve on (0: any free one)")
+    exp.add_argument("--once", action="store_true", help="print one scrape (Prometheus text format) and exit")
+    exp.add_argument("--textfile", metavar="PATH", help="write node_exporter textfile format to PATH, not HTTP")
+    exp.add_argument(
+        "--interval", type=positive_float, default=15.0, metavar="SECONDS", help="with --textfile: time between writes"
+    )
+    exp.add_argument("--labels", action="store_true", help="pod/container/runtime/unit labels on every series")
+    exp.add_argument("--exclude-interface", type=_regex, metavar="REGEX", help="drop interfaces whose name matches")
+    exp.add_argument(
+        "--scrape-timeout",
+        type=positive_float,
+        default=10.0,
+        metavar="SECONDS",
+        help="a scrape stops reading after this; the namespaces left count as failed",
+    )
+    exp.add_argument(
+        "--max-age",
+        type=non_negative_float,
+        default=5.0,
+        metavar="SECONDS",
+        help="serve a scrape this recent again instead of running a new one",
+    )
+    exp.add_argument(
+        "--jobs", type=positive_int, default=None, metavar="N", help="new namespaces opened at once (default: 2 x CPUs)"
+    )
+    _add_filters(exp)
+    exp.set_defaults(func=_cmd_exporter)
 
     demo = add_command(
         sub,

@@ -169,6 +169,15 @@ class NetlinkSocket:
         self.seq = 0
         self.pid = os.getpid()
 
+    @classmethod
+    def adopt(cls, sock: socket.socket) -> NetlinkSocket:
+        """Wrap a netlink socket opened elsewhere (a worker's, taken over: it stays in the worker's namespace)."""
+        self = cls.__new__(cls)
+        self.sock = sock
+        self.seq = 0
+        self.pid = os.getpid()
+        return self
+
     def close(self) -> None:
         self.sock.close()
 
