@@ -80,7 +80,7 @@ def in_ns(name: str, *cmd: str) -> str:
 
 @pytest.fixture
 def veth_pair(make_netns: Callable[[], str]) -> tuple[str, str]:
-    """Two namespaces joined by a veth pair with IPv4 addresses; IPv6 off so no packet is sent on its own."""
+    """Two namespaces joined by a veth pair with IPv4 addresses; no IPv6, no ARP: no packet sent on its own."""
     a, b = make_netns(), make_netns()
     for name in (a, b):
         ip("netns", "exec", name, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1")
@@ -90,6 +90,10 @@ def veth_pair(make_netns: Callable[[], str]) -> tuple[str, str]:
     ip("-n", b, "addr", "add", "10.77.0.2/24", "dev", "vb")
     ip("-n", a, "link", "set", "va", "up")
     ip("-n", b, "link", "set", "vb", "up")
+    # permanent neighbours: no ARP packet can land between a scrape and the reading it is compared with
+    for name, dev, peer, addr in ((a, "va", (b, "vb"), "10.77.0.2"), (b, "vb", (a, "va"), "10.77.0.1")):
+        mac = json.loads(ip("-n", peer[0], "-j", "link", "show", peer[1]))[0]["address"]
+        ip("-n", name, "neigh", "replace", addr, "lladdr", mac, "dev", dev, "nud", "permanent")
     return a, b
 
 
