@@ -315,13 +315,6 @@ class _Result:
     finished: float
 
 
-def _held_by_others(found: DiscoveredNamespace, ours: set[int]) -> bool:
-    """Whether something besides the exporter and its workers keeps *found* alive (else it is gone for us)."""
-    if found.names or "bindmount" in found.sources:
-        return True
-    return any(pid not in ours for pid in (*found.pids, *found.tids, *found.holders))
-
-
 def netns_label(found: DiscoveredNamespace) -> str:
     """The ``netns`` label: the name in ``/run/netns``, else ``net:[inode]``."""
     return found.names[0] if found.names else found.unique_id
@@ -387,7 +380,7 @@ class NetnsCollector:
                 probe.close()
             self.probes.clear()
             if self._own_pool:
-                self.pool.shutdown(wait=False, cancel_futures=True)
+                self.pool.shutdown(wait=True, cancel_futures=True)  # no worker outlives close()
 
     # -- one scrape
 
@@ -439,15 +432,15 @@ class NetnsCollector:
         return failed
 
     def _scrape(self) -> list[Metric]:
-        from ._discover import discover
+        from ._discover import discover, held_only_by_nsworkers
 
         if self._closed:
             raise RuntimeError("the collector is closed")
         started = time.monotonic()
         deadline = started + self.options.scrape_timeout
         self.scrapes += 1
-        ours = {os.getpid(), *(w.pid for w in self.pool.workers(memory=False))}
-        found = [ns for ns in discover(["net"], relations=False, attribute=True) if _held_by_others(ns, ours)]
+        # a namespace only nsworkers processes keep alive (our idle workers, say) is gone for us
+        found = [ns for ns in discover(["net"], relations=False, attribute=True) if not held_only_by_nsworkers(ns)]
         live = {ns.inode for ns in found}
         for inode in [i for i in self.probes if i not in live]:  # gone: let the kernel free it
             self.probes.pop(inode).close()
