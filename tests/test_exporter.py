@@ -196,7 +196,9 @@ def test_labels_exclude_and_globs(veth_pair: tuple[str, str], collector: Callabl
     series = [labels for name, labels in samples if name == "nsworkers_interface_receive_bytes_total"]
     assert [dict(labels)["interface"] for labels in series] == ["va"]  # lo excluded, b not matched
     for labels in series:
-        assert {"pod", "pod_namespace", "container", "container_name", "runtime", "unit"} <= dict(labels).keys()
+        assert {"pod", "pod_namespace", "pod_uid", "container", "container_name", "runtime", "unit"} <= dict(
+            labels
+        ).keys()
     assert not any(("netns", b) in labels for _, labels in samples)
 
 

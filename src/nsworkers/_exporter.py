@@ -68,6 +68,7 @@ DEFAULT_PORT = 10025
 ATTRIBUTION_LABELS = (
     ("pod", "pod_name"),
     ("pod_namespace", "pod_namespace"),
+    ("pod_uid", "pod_uid"),
     ("container", "container_id"),
     ("container_name", "container_name"),
     ("runtime", "runtime"),
@@ -348,6 +349,7 @@ class NetnsCollector:
         self._state = threading.Lock()  # guards _last
         self._last: _Result | None = None
         self._closed = False
+        self._warned_discovery = False
 
     # -- prometheus_client protocol
 
@@ -440,7 +442,17 @@ class NetnsCollector:
         deadline = started + self.options.scrape_timeout
         self.scrapes += 1
         # a namespace only nsworkers processes keep alive (our idle workers, say) is gone for us
-        found = [ns for ns in discover(["net"], relations=False, attribute=True) if not held_only_by_nsworkers(ns)]
+        discovery = discover(["net"], relations=False, attribute=True)
+        if discovery.errors and not self._warned_discovery:
+            path, message = discovery.errors[0]
+            log.warning(
+                "cannot look into %d processes (%s: %s ...): their namespaces are missed",
+                len(discovery.errors),
+                path,
+                message,
+            )
+            self._warned_discovery = True
+        found = [ns for ns in discovery if not held_only_by_nsworkers(ns)]
         live = {ns.inode for ns in found}
         for inode in [i for i in self.probes if i not in live]:  # gone: let the kernel free it
             self.probes.pop(inode).close()
@@ -473,6 +485,7 @@ class NetnsCollector:
             workers=len(self.pool.workers(memory=False)),
             probes=len(self.probes),
             scrapes=self.scrapes,
+            unreadable=len(discovery.errors),
         )
         return builder.families()
 
@@ -675,6 +688,7 @@ class _Families:
         workers: int,
         probes: int,
         scrapes: int,
+        unreadable: int,
     ) -> None:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
@@ -690,6 +704,11 @@ class _Families:
             GaugeMetricFamily("nsworkers_exporter_open_namespaces", "Namespaces held open between scrapes.", probes),
             CounterMetricFamily(
                 "nsworkers_exporter_scrapes", "Scrapes run (concurrent and recent ones are served again).", scrapes
+            ),
+            GaugeMetricFamily(
+                "nsworkers_exporter_unreadable_processes",
+                "Processes whose namespaces discovery could not read (missing CAP_SYS_PTRACE?): theirs are missed.",
+                unreadable,
             ),
         ]
         errs = CounterMetricFamily(
