@@ -547,6 +547,106 @@ def bench_topology(spaces: Namespaces, reps: int, pods: int) -> list[dict[str, A
 # P5: memory
 
 
+def _proc_net_dev(pids: list[int]) -> int:
+    """cAdvisor's method: /proc/PID/net/dev of one process per namespace, every counter parsed."""
+    total = 0
+    for pid in pids:
+        with open(f"/proc/{pid}/net/dev") as f:
+            for line in f.readlines()[2:]:
+                total += sum(int(x) for x in line.split(":", 1)[1].split())
+    return total
+
+
+def _ip_stats_loop(paths: list[str]) -> int:
+    total = 0
+    for path in paths:
+        out = subprocess.run(
+            ["ip", "-n", os.path.basename(path), "-j", "-s", "link", "show"], capture_output=True, check=True
+        )
+        total += len(json.loads(out.stdout))
+    return total
+
+
+def _tree_uss(pid: int) -> int:
+    import psutil
+
+    root = psutil.Process(pid)
+    total = 0
+    for proc in [root, *root.children(recursive=True)]:
+        try:
+            total += proc.memory_full_info().uss
+        except psutil.Error:
+            pass
+    return total
+
+
+def bench_exporter(spaces: Namespaces, reps: int, size: int) -> list[dict[str, Any]]:
+    """`nsworkers exporter` scraping *size* namespaces (a veth pair and a process in each), over HTTP.
+
+    Against an `ip -n NS -j -s link` loop and cAdvisor's method (/proc/PID/net/dev
+    of one process per namespace, which misses namespaces no process is in).
+    """
+    import re
+    import urllib.request
+
+    paths = spaces.make(size)
+    batch = "\n".join(
+        f"link add v{i} netns {os.path.basename(p)} type veth peer name w{i} netns {os.path.basename(p)}"
+        for i, p in enumerate(paths)
+    )
+    subprocess.run(["ip", "-batch", "-"], input=batch, text=True, check=True)
+    sleepers = [subprocess.Popen(["ip", "netns", "exec", os.path.basename(p), "sleep", "3600"]) for p in paths]
+    exporter = subprocess.Popen(
+        [sys.executable, "-m", "nsworkers", "exporter", "--port", "0", "--max-age", "0", "--scrape-timeout", "60",
+         f"{PREFIX}*"],
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert exporter.stderr is not None
+        port = next(int(m.group(1)) for line in exporter.stderr if (m := re.search(r"127\.0\.0\.1:(\d+)/", line)))
+        url = f"http://127.0.0.1:{port}/metrics"
+
+        def scrape() -> int:
+            with urllib.request.urlopen(url, timeout=300) as reply:
+                text = reply.read().decode()
+            assert f"nsworkers_exporter_namespaces_scraped {size}.0" in text, text[-2000:]
+            return text.count("\n")
+
+        pids = [p.pid for p in sleepers]  # ip netns exec execs sleep: the same pid, inside the namespace
+        samples: dict[str, list[float]] = {
+            "exporter scrape, warm (HTTP /metrics)": [],
+            "exporter first scrape (opens every ns)": [],
+            "ip -n NS -j -s link loop": [],
+            "/proc/PID/net/dev per ns (cAdvisor)": [],
+        }
+        start = time.perf_counter()
+        scrape()
+        samples["exporter first scrape (opens every ns)"].append(time.perf_counter() - start)
+        for _ in range(reps):
+            for name, fn in (
+                ("exporter scrape, warm (HTTP /metrics)", scrape),
+                ("ip -n NS -j -s link loop", functools.partial(_ip_stats_loop, paths)),
+                ("/proc/PID/net/dev per ns (cAdvisor)", functools.partial(_proc_net_dev, pids)),
+            ):
+                start = time.perf_counter()
+                fn()
+                samples[name].append(time.perf_counter() - start)
+        uss = _tree_uss(exporter.pid)
+    finally:
+        exporter.terminate()
+        exporter.wait()
+        for proc in sleepers:
+            proc.kill()
+            proc.wait()
+        spaces.remove()
+    rows = _rows(f"E exporter scrape of {size} namespaces", samples, "exporter scrape, warm (HTTP /metrics)", "s")
+    rows.append(
+        {"scenario": rows[0]["scenario"], "contender": "exporter + workers USS after the scrapes",
+         "median": uss / 2**20, "unit": "Mi", "ratio": float("nan"), "samples": 1}
+    )  # fmt: skip
+    return rows
+
+
 def _uss_of_children() -> int:
     import psutil
 
@@ -687,10 +787,12 @@ def main() -> None:
         default=["p1", "p1t", "p2", "p3", "p5", "d", "r1"],
         help="p1 (round trip), p1t (throughput: threads, submit, map), p2 (cold start), p3 (cold and warm "
         "snapshots of many namespaces), p5 (memory), d (discovery), f (find vs inspect), t (topology vs "
-        "inspect), r1 (a rich namespace against ip -j)",
+        "inspect), r1 (a rich namespace against ip -j), e (the exporter's scrape vs ip -s and /proc/PID/net/dev)",
     )
     parser.add_argument("--sizes", default="100,1000", help="namespace counts for p3 (default: 100,1000)")
-    parser.add_argument("--find-size", type=int, default=1000, help="namespaces for f, pods for t (default: 1000)")
+    parser.add_argument(
+        "--find-size", type=int, default=1000, help="namespaces for f and e, pods for t (default: 1000)"
+    )
     parser.add_argument("--sweep", type=int, default=10000, help="namespaces in the p5 sweep (default: 10000)")
     parser.add_argument("--reps", type=int, default=5, help="repetitions per contender (interleaved)")
     parser.add_argument("--calls", type=int, default=5000, help="calls per P1 repetition")
@@ -718,6 +820,8 @@ def main() -> None:
             rows += bench_snapshots(spaces, args.reps, [int(n) for n in args.sizes.split(",")])
         if "r1" in args.scenarios:
             rows += bench_rich(args.reps * 4)
+        if "e" in args.scenarios:
+            rows += bench_exporter(spaces, args.reps, args.find_size)
     finally:
         spaces.remove()
     info = machine()
