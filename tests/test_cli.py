@@ -135,6 +135,11 @@ def test_comma_list_is_lazy_and_ordered() -> None:
 
 
 def test_privilege_hint() -> None:
-    hint = _cliargs.privilege_hint(PermissionError(errno.EPERM, "Operation not permitted"), "nsworkers demo")
-    assert hint is not None and "root or CAP_SYS_ADMIN" in hint and "unshare -Urnm" in hint
+    eperm = PermissionError(errno.EPERM, "Operation not permitted")
+    hint = _cliargs.privilege_hint(eperm, "nsworkers inspect blue")
+    assert hint is not None and "root or CAP_SYS_ADMIN" in hint and "sudo nsworkers inspect blue" in hint
+    assert "unshare" not in hint  # another user's namespaces: no user namespace of one's own helps
+    hint = _cliargs.privilege_hint(eperm, "nsworkers demo", own_namespaces=True)
+    assert hint is not None and "unshare -Urnm sh -c 'mount -t tmpfs none /run && nsworkers demo'" in hint
     assert _cliargs.privilege_hint(FileNotFoundError(errno.ENOENT, "x"), "nsworkers demo") is None
+    assert _cliargs.is_permission_error("[Errno 1] cannot join /run/netns/x: setns(net) failed")

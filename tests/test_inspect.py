@@ -111,6 +111,27 @@ def test_cli_all_namespaces_fail(make_netns: Callable[[], str]) -> None:
     assert "Traceback" not in done.stderr
 
 
+@pytest.mark.parametrize("command", [["inspect"], ["watch", "--duration", "30"], ["demo"]])
+def test_cli_without_cap_sys_admin_says_what_is_needed(command: list[str], make_netns: Callable[[], str]) -> None:
+    # what a non-root user sees: setns and unshare fail with EPERM (the bounding set drops CAP_SYS_ADMIN)
+    name = make_netns()
+    argv = [*command, name] if command[0] != "demo" else command
+    src = os.path.dirname(os.path.dirname(os.path.abspath(nsworkers.__file__)))
+    done = subprocess.run(
+        ["setpriv", "--bounding-set=-sys_admin", sys.executable, "-m", "nsworkers", *argv],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env=dict(os.environ, PYTHONPATH=src),
+    )
+    assert done.returncode == 3, done.stderr
+    error, hint = done.stderr.splitlines()
+    assert "Operation not permitted" in error
+    assert hint.startswith("hint: this needs root or CAP_SYS_ADMIN") and "sudo nsworkers" in hint
+    assert ("unshare -Urnm" in hint) == (command[0] == "demo")
+
+
 def test_cli_help_is_cheap() -> None:
     done = run_python(
         "import sys\nfrom nsworkers.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"

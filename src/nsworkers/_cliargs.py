@@ -35,6 +35,7 @@ __all__ = (
     "non_negative_int",
     "positive_float",
     "positive_int",
+    "is_permission_error",
     "privilege_hint",
 )
 
@@ -207,12 +208,25 @@ def comma_list(
     return parse
 
 
-def privilege_hint(exc: BaseException, command: str) -> str | None:
-    """For an EPERM/EACCES, a line saying what is needed; else None."""
-    err = getattr(exc, "errno", None)
-    if not (isinstance(exc, PermissionError) or err in (errno.EPERM, errno.EACCES)):
+def privilege_hint(exc: BaseException, command: str, *, own_namespaces: bool = False) -> str | None:
+    """For an EPERM/EACCES, a line saying what *command* needs; else None.
+
+    *own_namespaces*: the command makes the namespaces it works on (``demo``),
+    so a user namespace of the user's own is an alternative to root.
+    """
+    if not is_permission_error(exc):
         return None
-    return (
-        f"hint: '{command}' needs root or CAP_SYS_ADMIN (sudo {command}); without root, run it as root of a user "
-        f"namespace of your own: unshare -Urnm sh -c 'mount -t tmpfs none /run && {command}'"
-    )
+    hint = f"hint: this needs root or CAP_SYS_ADMIN over the namespaces: sudo {command}"
+    if own_namespaces:
+        hint += (
+            f"; or, without root, inside a user namespace of your own: "
+            f"unshare -Urnm sh -c 'mount -t tmpfs none /run && {command}'"
+        )
+    return hint
+
+
+def is_permission_error(exc: BaseException | str) -> bool:
+    """EPERM or EACCES, as an exception or as the text of one (``[Errno 1] ...``)."""
+    if isinstance(exc, str):
+        return "[Errno 1]" in exc or "[Errno 13]" in exc
+    return isinstance(exc, PermissionError) or getattr(exc, "errno", None) in (errno.EPERM, errno.EACCES)

@@ -6,8 +6,10 @@ Kept import-light: ``nsworkers --help`` loads neither pyroute2 nor psutil.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import re
+import shlex
 import sys
 from collections.abc import Sequence
 from typing import Any, TextIO
@@ -19,6 +21,7 @@ from ._cliargs import (
     add_command,
     comma_list,
     examples_text,
+    is_permission_error,
     non_negative_float,
     non_negative_int,
     positive_float,
@@ -226,14 +229,14 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
         progress = tqdm(total=len(targets), unit="ns", file=sys.stderr, leave=False)
     entries: list[dict[str, Any]] = []
-    failed = 0
+    errors: list[str] = []
     try:
         batch = inspect(
             targets, what=args.what, jobs=args.jobs, timeout=args.timeout, stats=args.stats, details=args.details
         )
         for entry in batch:
-            failed += not entry["ok"]
             if not entry["ok"]:
+                errors.append(entry["error"]["message"])
                 print(f"nsworkers: {entry['namespace']}: {entry['error']['message']}", file=sys.stderr)
             if args.format == "jsonl":
                 sys.stdout.write(json.dumps(entry) + "\n")
@@ -251,9 +254,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     elif args.format == "table":
         entries.sort(key=lambda e: e["namespace"])
         _table(entries, sys.stdout)
-    if failed == len(targets):
-        return EXIT_ERROR if failed else EXIT_OK
-    return EXIT_FAILED if failed else EXIT_OK
+    return _exit_code(errors, len(targets), args)
 
 
 def _cmd_watch(args: argparse.Namespace) -> int:
@@ -278,15 +279,16 @@ def _cmd_watch(args: argparse.Namespace) -> int:
                     break
     finally:
         stream.close()
-    return _exit_code(errors, joined + len(errors), "nsworkers watch")
+    return _exit_code(errors, joined + len(errors), args)
 
 
-def _exit_code(errors: list[str], targets: int, command: str) -> int:
+def _exit_code(errors: list[str], targets: int, args: argparse.Namespace) -> int:
     """0 all fine, 1 some failed, 3 all failed (with a hint when privileges are why)."""
     if not errors:
         return EXIT_OK
-    if any("Errno 1]" in e or "Errno 13]" in e or "Operation not permitted" in e for e in errors):
-        print(privilege_hint(PermissionError(), command), file=sys.stderr)
+    permission = next((e for e in errors if is_permission_error(e)), None)
+    if permission is not None:
+        print(privilege_hint(PermissionError(errno.EPERM, permission), args.command_line), file=sys.stderr)
     return EXIT_ERROR if len(errors) >= targets else EXIT_FAILED
 
 
@@ -529,6 +531,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_USAGE
+    args.command_line = shlex.join(["nsworkers", *(sys.argv[1:] if argv is None else argv)])
     from .errors import NsWorkersError
 
     try:
@@ -539,7 +542,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_OK
     except (NsWorkersError, OSError) as exc:
         print(f"nsworkers: {exc}", file=sys.stderr)
-        hint = privilege_hint(exc, f"nsworkers {args.command}")
+        hint = privilege_hint(exc, args.command_line, own_namespaces=args.command == "demo")
         if hint:
             print(hint, file=sys.stderr)
         return EXIT_ERROR
