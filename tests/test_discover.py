@@ -155,7 +155,10 @@ def test_same_namespaces_and_pids_as_lsns(spawn: Callable[..., subprocess.Popen[
     assert wait_for(lambda: os.readlink(f"/proc/{second}/ns/uts") == os.readlink(f"/proc/{first}/ns/uts"))
     mine = {(kind, inode(f"/proc/{first}/ns/{kind}")) for kind in ("net", "uts")}
     lsns = json.loads(subprocess.run(["lsns", "-J"], capture_output=True, text=True, check=True).stdout)["namespaces"]
-    rows = {(row["type"], int(row["ns"])): row for row in lsns if (row["type"], int(row["ns"])) in mine}
+    flat = list(lsns)
+    for row in flat:  # lsns may nest rows as a tree (it does inside a user namespace)
+        flat.extend(row.get("children", []))
+    rows = {(row["type"], int(row["ns"])): row for row in flat if (row["type"], int(row["ns"])) in mine}
     ours = {(ns.type.value, ns.inode): ns for ns in nsworkers.discover()}
     assert set(rows) == mine
     for key, row in rows.items():
@@ -241,3 +244,29 @@ def _fd_links() -> list[str]:
         except FileNotFoundError:
             pass  # the listing's own fd
     return sorted(links)
+
+
+def test_an_over_mounted_bind_mount_is_no_path(make_netns: Callable[[], str]) -> None:
+    # A tmpfs over /run/netns (as in a container, or the tests' user namespace) hides the
+    # host's names: mountinfo still lists them, but those paths lead elsewhere or nowhere.
+    name = make_netns()
+    ino = inode(f"/run/netns/{name}")
+    code = (
+        "import json, os, nsworkers\n"
+        f"(paths,) = [n.paths for n in nsworkers.discover(['net']) if n.inode == {ino}] or [[]]\n"
+        f"print(json.dumps([[p, os.stat(p).st_ino == {ino}] for p in paths]))\n"
+    )
+    src = os.path.dirname(os.path.dirname(os.path.abspath(nsworkers.__file__)))
+    shell = 'mount -t tmpfs none /run/netns && exec "$@"'
+    done = subprocess.run(
+        ["unshare", "-m", "--propagation", "private", "sh", "-c", shell, "sh", sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=False,
+        env=dict(os.environ, PYTHONPATH=src),
+    )
+    assert done.returncode == 0, done.stderr
+    paths = json.loads(done.stdout)
+    assert [f"/run/netns/{name}", False] not in paths and [f"/run/netns/{name}", True] not in paths
+    assert all(leads for _, leads in paths), paths  # through /proc/PID/root of the host's mount namespace
+    assert found()[ino].paths[0] == f"/run/netns/{name}"  # outside that mount namespace: there it is

@@ -146,6 +146,14 @@ def held_only_by_nsworkers(ns: DiscoveredNamespace) -> bool:
     return bool(members) and all((ns.commands.get(pid) or _comm(pid)) in PROCESS_NAMES for pid in members)
 
 
+def _leads_to(path: str, ino: int, dev: int) -> bool:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    return (st.st_dev, st.st_ino) == (dev, ino)
+
+
 def _unescape(path: str) -> str:
     # mountinfo escapes space, tab, newline and backslash as \\ooo
     out, i = [], 0
@@ -268,6 +276,8 @@ def discover(types: Iterable[TypeLike] | None = None, *, relations: bool = True,
                 continue
             mount_point = _unescape(fields[4])
             path = mount_point if ours else f"/proc/{pid}/root{mount_point}"
+            if not _leads_to(path, parsed[1], dev):
+                continue  # over-mounted (a tmpfs on /run/netns, say), or gone: no path to it
             ns = entry(*parsed)
             note(ns, "bindmount", path)
             if ours:
