@@ -49,7 +49,8 @@ def watch(
     failure, not the namespace's deletion, ended it). A target that cannot
     be watched at all is one ``"error"`` event. Runs until the caller stops
     iterating, every given namespace has left, or *duration* seconds have
-    passed (events or not).
+    passed (events or not; the namespaces given are all joined or reported
+    first, however long that takes).
     """
     from . import netlink
     from ._inspect import _name_of, network_namespaces
@@ -78,9 +79,7 @@ def watch(
         future.add_done_callback(functools.partial(_report, done, unique))
 
     def join(paths: Iterable[str]) -> Generator[Event, None, None]:
-        for path in paths:
-            if expired():
-                return
+        for path in paths:  # all of them, even past the deadline: each target is answered for
             if path in failed:
                 continue
             try:
