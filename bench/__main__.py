@@ -736,6 +736,57 @@ def bench_discovery(spaces: Namespaces, reps: int, count: int, procs: int) -> li
 # ---------------------------------------------------------------------------
 
 
+def bench_timing(spaces: Namespaces, reps: int) -> list[dict[str, Any]]:
+    """What the tests no longer assert (they run on a shared machine): parallelism, timeout and parent-death latency."""
+    (path,) = spaces.make(1)
+    samples: dict[str, list[float]] = {"1 worker": [], "workers_per_namespace=3": []}
+    raised: dict[str, list[float]] = {"raised after (timeout 200 ms)": []}
+    gone: dict[str, list[float]] = {"workers and zygote gone after": []}
+    with nsworkers.Pool() as one, nsworkers.Pool(workers_per_namespace=3) as three:
+        for pool in (one, three):
+            pool.run(path, os.getpid)
+        for _ in range(reps):
+            for name, pool in (("1 worker", one), ("workers_per_namespace=3", three)):
+                start = time.perf_counter()
+                futures = [pool.submit(path, time.sleep, 0.2) for _ in range(3)]
+                for future in futures:
+                    future.result()
+                samples[name].append((time.perf_counter() - start) * 1e3)
+            start = time.perf_counter()
+            try:
+                one.options(timeout=0.2).run(path, time.sleep, 10)
+            except nsworkers.WorkerTimeoutError:
+                raised["raised after (timeout 200 ms)"].append((time.perf_counter() - start) * 1e3)
+            gone["workers and zygote gone after"].append(_parent_death_ms(path))
+    return (
+        _rows("TM1 three 200 ms calls to one namespace", samples, "1 worker", "ms")
+        + _rows("TM2 a call past its timeout", raised, "raised after (timeout 200 ms)", "ms")
+        + _rows("TM3 caller SIGKILLed (PR_SET_PDEATHSIG)", gone, "workers and zygote gone after", "ms")
+    )
+
+
+def _parent_death_ms(path: str) -> float:
+    import psutil
+
+    code = (
+        "import os, sys, time, nsworkers\n"
+        "pool = nsworkers.Pool()\n"
+        f"pool.run({path!r}, os.getpid); pool.run('/proc/self/ns/uts', os.getpid)\n"
+        "print(' '.join(str(w.pid) for w in pool.workers(memory=False)), pool._spawner.zygote_pid, flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    pids = [int(p) for p in proc.stdout.readline().split()]
+    proc.kill()
+    start = time.perf_counter()
+    proc.wait()
+    while any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE for p in pids):
+        time.sleep(0.0005)
+    proc.stdout.close()
+    return (time.perf_counter() - start) * 1e3
+
+
 def _rows(scenario: str, samples: dict[str, list[float]], reference: str, unit: str) -> list[dict[str, Any]]:
     ref = statistics.median(samples[reference])
     return [
@@ -784,10 +835,11 @@ def main() -> None:
     parser.add_argument(
         "scenarios",
         nargs="*",
-        default=["p1", "p1t", "p2", "p3", "p5", "d", "r1"],
+        default=["p1", "p1t", "p2", "p3", "p5", "d", "r1", "t", "tm"],
         help="p1 (round trip), p1t (throughput: threads, submit, map), p2 (cold start), p3 (cold and warm "
         "snapshots of many namespaces), p5 (memory), d (discovery), f (find vs inspect), t (topology vs "
-        "inspect), r1 (a rich namespace against ip -j), e (the exporter's scrape vs ip -s and /proc/PID/net/dev)",
+        "inspect), r1 (a rich namespace against ip -j), e (the exporter's scrape vs ip -s and /proc/PID/net/dev), "
+        "tm (parallelism, timeout, parent death)",
     )
     parser.add_argument("--sizes", default="100,1000", help="namespace counts for p3 (default: 100,1000)")
     parser.add_argument(
@@ -816,6 +868,8 @@ def main() -> None:
             rows += bench_topology(spaces, args.reps, args.find_size)
         if "f" in args.scenarios:
             rows += bench_find(spaces, args.reps, args.find_size)
+        if "tm" in args.scenarios:
+            rows += bench_timing(spaces, args.reps)
         if "p3" in args.scenarios:
             rows += bench_snapshots(spaces, args.reps, [int(n) for n in args.sizes.split(",")])
         if "r1" in args.scenarios:

@@ -91,7 +91,7 @@ def test_timeout_precision(pool: Pool, netns: str) -> None:
         with pytest.raises(nsworkers.WorkerTimeoutError):
             pool.options(timeout=0.2).run(netns, time.sleep, 10)
         overshoot.append(time.monotonic() - start - 0.2)
-    assert min(overshoot) >= 0  # never early; how late is measured in bench/ (scenario "t"), not asserted
+    assert min(overshoot) >= 0  # never early; how late is measured in bench/ (scenario "tm"), not asserted
 
 
 # -- R4 bad input ----------------------------------------------------------
