@@ -422,10 +422,11 @@ def _ip_commands(ns: str, flags: tuple[str, ...]) -> None:
 
 def bench_rich(reps: int) -> list[dict[str, Any]]:
     """A warm snapshot() of the fidelity suite's rich namespace against the same ip -n NS -j commands."""
-    from tests.test_fidelity import rich_topology
+    from tests._richnet import rich_topology
 
     rows: list[dict[str, Any]] = []
-    with rich_topology() as ns, nsworkers.Pool(preload=("nsworkers.netlink",)) as pool:
+    names = (f"nswbench-{os.getpid()}-rich", f"nswbench-{os.getpid()}-rich-peer")
+    with rich_topology(*names) as ns, nsworkers.Pool(preload=("nsworkers.netlink",)) as pool:
         path = f"/run/netns/{ns}"
         for label, flags, kwargs in (("", (), {}), (" -s -d", ("-s", "-d"), {"stats": 1, "details": 1})):
             pool.run(path, nsworkers.netlink.snapshot, RICH_SECTIONS, **kwargs)  # warm: worker, socket, tables

@@ -70,9 +70,10 @@ def _etc_iproute2() -> dict[str, str]:
 
 
 def capture() -> dict[str, Any]:
-    from tests.test_fidelity import CASES, ip_json, rich_topology
+    from tests._richnet import rich_topology
+    from tests.test_fidelity import CASES, ip_json
 
-    with rich_topology() as ns:
+    with rich_topology(f"nswcapture-{os.getpid()}-0", f"nswcapture-{os.getpid()}-1") as ns:
         before = {name: ip_json(ns, args) for name, _fn, args in CASES}
         done = subprocess.run(
             ["ip", "netns", "exec", ns, sys.executable, "-m", "tests.netlink_capture", "--inside"],
