@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import socket
 import struct
+from collections.abc import Iterable
 from typing import Any
 
 from . import _names as n
@@ -145,7 +146,7 @@ class LinkTable:
 
     __slots__ = ("names", "flags", "types", "parsed")
 
-    def __init__(self, payloads: list[bytes] = ()) -> None:  # type: ignore[assignment]
+    def __init__(self, payloads: Iterable[bytes] = ()) -> None:
         self.names: dict[int, str] = {}
         self.flags: dict[int, int] = {}
         self.types: dict[int, int] = {}
@@ -548,8 +549,15 @@ def _metrics(raw: bytes) -> Record:
     return out
 
 
-def route(payload: bytes, links: LinkTable, names: n.Names, nexthops: dict[int, Record] | None = None,
-          *, stats: int = 0, details: int = 0) -> Record | None:  # fmt: skip
+def route(
+    payload: bytes,
+    links: LinkTable,
+    names: n.Names,
+    nexthops: dict[int, Record] | None = None,
+    *,
+    stats: int = 0,
+    details: int = 0,
+) -> Record | None:
     """``print_route``; None for what ``ip route show table all`` hides (cached clones)."""
     family, dst_len, src_len, tos, table8, protocol, scope, rtype, flags = RTMSG.unpack_from(payload)
     if flags & RTM_F_CLONED:
