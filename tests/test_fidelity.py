@@ -28,14 +28,16 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
-from nsworkers import Pool, netlink
+from nsworkers import Namespace, Pool, netlink
 
 from ._richnet import rich_topology
-from .conftest import IN_USERNS, PREFIX, _counter
+from .conftest import IN_USERNS, PREFIX, _counter, ip
 
 pytestmark = pytest.mark.privileged
 
@@ -208,3 +210,33 @@ def test_link_by_name_altname_or_index(fpool: Pool, rich: str) -> None:
     by_altname = fpool.run(f"/run/netns/{rich}", netlink.link, "bridge-zero")
     assert by_altname["ifname"] == reference["ifname"] == "br0"
     assert fpool.run(f"/run/netns/{rich}", netlink.link, reference["ifindex"])["ifname"] == "br0"
+
+
+def test_names_never_come_from_a_joined_mount_namespace(fpool: Pool, make_netns: Callable[[], str]) -> None:
+    """A worker that joined a container's mount namespace reads the caller's /etc/iproute2, not the container's."""
+    ns = make_netns()
+    ip("-n", ns, "link", "add", "ifb5", "type", "ifb")
+    ip("-n", ns, "link", "set", "ifb5", "up")
+    ip("-n", ns, "route", "add", "10.55.0.0/16", "dev", "ifb5", "table", "177")
+    script = (
+        "mount -t tmpfs nsw-evil /etc/iproute2 && echo '177 evil' > /etc/iproute2/rt_tables && echo ready && sleep 60"
+    )
+    container = subprocess.Popen(
+        ["unshare", "-m", "--propagation", "private", "sh", "-c", script], stdout=subprocess.PIPE
+    )
+    try:
+        assert container.stdout is not None and container.stdout.readline() == b"ready\n"
+        children = psutil.Process(container.pid).children()  # unshare may exec sh or fork it
+        pid = children[0].pid if children else container.pid
+        with Namespace.open(f"/run/netns/{ns}") as net, Namespace.from_pid(pid, "mnt") as mnt:
+            seen = fpool.run([net, mnt], Path("/etc/iproute2/rt_tables").read_text)
+            assert "177 evil" in seen  # the worker really is in the container's mount namespace ...
+            routes = fpool.run([net, mnt], netlink.routes, 2)
+        (ours,) = [r for r in routes if r["dst"] == "10.55.0.0/16"]
+        (theirs,) = [r for r in ip_json(ns, ("-4", "route", "show", "table", "all")) if r["dst"] == "10.55.0.0/16"]
+        assert ours == theirs and ours["table"] != "evil"  # ... and named the table as the caller's ip does
+    finally:
+        container.kill()
+        container.wait()
+        if container.stdout is not None:
+            container.stdout.close()

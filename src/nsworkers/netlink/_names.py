@@ -158,14 +158,11 @@ def _read(path: str) -> str | None:
 
 def _listdir(path: str) -> list[str]:
     """A directory's entries (in ``readdir`` order, like ip) as the caller's filesystem shows it."""
-    from .. import _sys, _worker
+    from .. import _worker
+    from .._callerfs import open_in_root
 
-    root = _worker._caller_root
     try:
-        if root < 0:
-            return os.listdir(path)
-        resolve = _sys.RESOLVE_IN_ROOT | _sys.RESOLVE_NO_MAGICLINKS
-        fd = _sys.openat2(root, path.lstrip("/"), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, resolve)
+        fd = open_in_root(_worker._caller_root, path, os.O_RDONLY | os.O_DIRECTORY)
     except OSError:
         return []
     try:
