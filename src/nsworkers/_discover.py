@@ -190,10 +190,13 @@ def discover(types: Iterable[TypeLike] | None = None, *, relations: bool = True,
             found[key] = DiscoveredNamespace(NamespaceType(kind), ino, dev)
         return found[key]
 
+    noted: set[tuple[int, str]] = set()  # (id of the entry, path): a list scan per path is quadratic
+
     def note(ns: DiscoveredNamespace, source: str, path: str) -> None:
         if source not in ns.sources:
             ns.sources.append(source)
-        if path not in ns.paths:
+        if (id(ns), path) not in noted:
+            noted.add((id(ns), path))
             ns.paths.append(path)
 
     mnt_reps: dict[int, int] = {}  # mount namespace inode -> a pid in it
@@ -276,8 +279,8 @@ def discover(types: Iterable[TypeLike] | None = None, *, relations: bool = True,
                 continue
             mount_point = _unescape(fields[4])
             path = mount_point if ours else f"/proc/{pid}/root{mount_point}"
-            if not _leads_to(path, parsed[1], dev):
-                continue  # over-mounted (a tmpfs on /run/netns, say), or gone: no path to it
+            if ours and not _leads_to(path, parsed[1], dev):
+                continue  # over-mounted (a tmpfs on /run/netns, say): no path to it from here
             ns = entry(*parsed)
             note(ns, "bindmount", path)
             if ours:
