@@ -188,24 +188,38 @@ _protocols: dict[int, str] | None = None
 
 
 class NameConfig:
-    """The file entries of every configurable table, read once (per worker) from *confdir*."""
+    """The file entries of the configurable tables under *confdir*, each read on first use, then kept.
+
+    Most snapshots need two tables (link groups, routing tables); reading
+    all of them up front cost a new worker ~2 ms.
+    """
 
     def __init__(self, confdir: str = CONFDIR) -> None:
-        self.files: dict[str, dict[int, str]] = {}
-        for name, (_builtin, with_dir, _lazy) in _TABLES.items():
-            limit = _LIMIT.get(name, 257)
-            entries: dict[int, str] = {}
-            text = _read(f"{confdir}/{name}") if name != "protodown_reasons" else None
-            if text is not None:
-                entries.update(parse_table(text, limit))
-            if with_dir:
-                for entry in _listdir(f"{confdir}/{name}.d"):  # readdir order, like ip
-                    if entry.startswith(".") or len(entry) <= 5 or not entry.endswith(".conf"):
-                        continue
-                    text = _read(f"{confdir}/{name}.d/{entry}")
-                    if text is not None:
-                        entries.update(parse_table(text, limit))
-            self.files[name] = entries
+        self.confdir = confdir
+        self._files: dict[str, dict[int, str]] = {}
+
+    def entries(self, name: str) -> dict[int, str]:
+        """Table *name* as its file and ``.d`` directory define it (empty if there are none)."""
+        found = self._files.get(name)
+        if found is None:
+            found = self._files[name] = self._load(name)
+        return found
+
+    def _load(self, name: str) -> dict[int, str]:
+        with_dir = _TABLES[name][1]
+        limit = _LIMIT.get(name, 257)
+        entries: dict[int, str] = {}
+        text = _read(f"{self.confdir}/{name}") if name != "protodown_reasons" else None
+        if text is not None:
+            entries.update(parse_table(text, limit))
+        if with_dir:
+            for entry in _listdir(f"{self.confdir}/{name}.d"):  # readdir order, like ip
+                if entry.startswith(".") or len(entry) <= 5 or not entry.endswith(".conf"):
+                    continue
+                text = _read(f"{self.confdir}/{name}.d/{entry}")
+                if text is not None:
+                    entries.update(parse_table(text, limit))
+        return entries
 
 
 _config: NameConfig | None = None
@@ -235,7 +249,7 @@ class Names:
             if name is not None:
                 return name
             self._loaded.add(table)
-        return self._config.files[table].get(number, builtin.get(number))
+        return self._config.entries(table).get(number, builtin.get(number))
 
     def protocol(self, number: int) -> str:
         return self._lookup("rt_protos", number) or str(number)
