@@ -597,14 +597,20 @@ def bench_exporter(spaces: Namespaces, reps: int, size: int) -> list[dict[str, A
     )
     subprocess.run(["ip", "-batch", "-"], input=batch, text=True, check=True)
     sleepers = [subprocess.Popen(["ip", "netns", "exec", os.path.basename(p), "sleep", "3600"]) for p in paths]
+    log = open(f"/tmp/{PREFIX}exporter.log", "w+")  # noqa: SIM115 -- read while the exporter writes it
     exporter = subprocess.Popen(
-        [sys.executable, "-m", "nsworkers", "exporter", "--port", "0", "--max-age", "0", "--scrape-timeout", "60",
+        [sys.executable, "-m", "nsworkers", "exporter", "--port", "0", "--max-age", "0", "--scrape-timeout", "900",
          f"{PREFIX}*"],
-        stderr=subprocess.PIPE, text=True,
+        stderr=log,
     )  # fmt: skip
     try:
-        assert exporter.stderr is not None
-        port = next(int(m.group(1)) for line in exporter.stderr if (m := re.search(r"127\.0\.0\.1:(\d+)/", line)))
+        port = 0
+        while not port:
+            time.sleep(0.05)
+            log.seek(0)
+            found = re.search(r"127\.0\.0\.1:(\d+)/", log.read())
+            port = int(found.group(1)) if found else 0
+            assert exporter.poll() is None, "the exporter exited; see its log"
         url = f"http://127.0.0.1:{port}/metrics"
 
         def scrape() -> int:
@@ -636,6 +642,8 @@ def bench_exporter(spaces: Namespaces, reps: int, size: int) -> list[dict[str, A
     finally:
         exporter.terminate()
         exporter.wait()
+        log.close()
+        print(f"exporter log: {log.name}", file=sys.stderr)
         for proc in sleepers:
             proc.kill()
             proc.wait()

@@ -220,11 +220,27 @@ def test_a_failing_namespace_is_a_labelled_error_not_a_failed_scrape(
     make_netns: Callable[[], str], collector: Callable[..., NetnsCollector]
 ) -> None:
     name = make_netns()
-    c = collector(patterns=[name], scrape_timeout=1e-9, max_age=0)
+    c = collector(patterns=[name], max_age=0)
+    assert value(scrape(c), "nsworkers_exporter_namespaces_scraped") == 1
+    c.options.scrape_timeout = 1e-9  # the next scrape is out of time before it reads the namespace
     samples = scrape(c)
     assert value(samples, "nsworkers_exporter_namespaces_failed") == 1
     assert value(samples, "nsworkers_exporter_namespace_errors_total", netns=name, error="TimeoutError") == 1
-    assert ("nsworkers_netns_info", ()) not in samples
+    assert not any(k == "nsworkers_netns_info" for k, _ in samples)
+
+
+@pytest.mark.privileged
+def test_new_namespaces_out_of_time_are_pending_not_failed(
+    make_netns: Callable[[], str], collector: Callable[..., NetnsCollector]
+) -> None:
+    name = make_netns()
+    c = collector(patterns=[name], max_age=0, scrape_timeout=1e-9)
+    samples = scrape(c)
+    assert value(samples, "nsworkers_exporter_namespaces_pending") == 1
+    assert value(samples, "nsworkers_exporter_namespaces_failed") == 0
+    assert not any(k == "nsworkers_exporter_namespace_errors_total" for k, _ in samples)
+    c.options.scrape_timeout = 60
+    assert value(scrape(c), "nsworkers_exporter_namespaces_scraped") == 1  # the next scrape goes on
 
 
 def test_concurrent_and_recent_scrapes_are_coalesced(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -93,7 +93,8 @@ def process_netns() -> Iterator[int]:
 
 def scrape_with(caps: tuple[str, ...], *patterns: str) -> dict[Any, float]:
     bounding = ",".join(["-all", *(f"+{c.lower()}" for c in caps)])
-    cmd = ["setpriv", "--inh-caps=-all", "--ambient-caps=-all", f"--bounding-set={bounding}"]
+    # --no-new-privs as the DaemonSet's allowPrivilegeEscalation: false and the unit's NoNewPrivileges=yes
+    cmd = ["setpriv", "--no-new-privs", "--inh-caps=-all", "--ambient-caps=-all", f"--bounding-set={bounding}"]
     done = subprocess.run(
         [*cmd, sys.executable, "-m", "nsworkers", "exporter", "--once", *patterns],
         capture_output=True,

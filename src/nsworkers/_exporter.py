@@ -118,24 +118,31 @@ def open_probe() -> tuple[tuple[int, list[str]], list[int]]:
 # parsers of the /proc/net files (pure functions; the tests feed them recorded text)
 
 
-def parse_snmp(text: str) -> dict[str, dict[str, int]]:
-    """``/proc/net/snmp`` or ``netstat``: pairs of lines ``Tcp: Name ...`` / ``Tcp: 1 ...`` -> ``{"Tcp": {...}}``."""
+def parse_snmp(text: str, sections: Iterable[str] | None = None) -> dict[str, dict[str, int]]:
+    """``/proc/net/snmp`` or ``netstat``: pairs of lines ``Tcp: Name ...`` / ``Tcp: 1 ...`` -> ``{"Tcp": {...}}``.
+
+    With *sections*, only those are decoded (``TcpExt`` alone has ~120 fields).
+    """
+    wanted = None if sections is None else set(sections)
     out: dict[str, dict[str, int]] = {}
     lines = text.splitlines()
     for head, values in zip(lines[::2], lines[1::2], strict=False):
         section, _, keys = head.partition(":")
+        if wanted is not None and section not in wanted:
+            continue
         _, _, numbers = values.partition(":")
         out[section] = {k: int(v) for k, v in zip(keys.split(), numbers.split(), strict=False)}
     return out
 
 
-def parse_snmp6(text: str) -> dict[str, int]:
-    """``/proc/net/snmp6``: one ``Name value`` per line."""
+def parse_snmp6(text: str, prefix: str = "") -> dict[str, int]:
+    """``/proc/net/snmp6``: one ``Name value`` per line (only names starting with *prefix*)."""
     out = {}
     for line in text.splitlines():
-        parts = line.split()
-        if len(parts) == 2:
-            out[parts[0]] = int(parts[1])
+        if line.startswith(prefix):
+            parts = line.split()
+            if len(parts) == 2:
+                out[parts[0]] = int(parts[1])
     return out
 
 
@@ -339,7 +346,7 @@ class NetnsCollector:
             pool = Pool(
                 max_workers=self.options.jobs or 2 * (os.cpu_count() or 1),
                 idle_timeout=1.0,  # a worker only serves to open its namespace's fds
-                preload=("nsworkers._exporter",),
+                preload=("nsworkers._exporter", "nsworkers.netlink"),  # open_probe imports nothing then
             )
         self.pool = pool
         self.probes: dict[int, Probe] = {}
@@ -405,33 +412,57 @@ class NetnsCollector:
         self.errors[(label, kind)] = self.errors.get((label, kind), 0) + 1
         log.warning("%s: %s: %s", label, kind, exc)
 
-    def _open_new(self, new: list[DiscoveredNamespace], deadline: float) -> set[int]:
-        """Open probes for namespaces seen for the first time; return the inodes that failed."""
-        failed: set[int] = set()
+    def _open_new(self, new: list[DiscoveredNamespace], deadline: float, failed: set[int]) -> int:
+        """Open probes for namespaces seen for the first time (failures into *failed*).
+
+        Returns how many were left for the next scrape because the scrape
+        timeout came first (not an error: a burst of new namespaces is opened
+        over a few scrapes).
+        """
         if not new:
-            return failed
+            return 0
         from concurrent.futures import ThreadPoolExecutor
 
-        def open_one(ns: DiscoveredNamespace) -> None:
+        def open_one(ns: DiscoveredNamespace) -> bool:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise TimeoutError("scrape timeout reached before this namespace was opened")
+                return False
             (inode, names), fds = self.pool._take_fds(ns.paths[0], open_probe, (), remaining)
             probe = Probe(inode, names, fds)
             if inode != ns.inode:  # the path now names another namespace: not the one discovered
                 probe.close()
                 raise LookupError(f"{ns.paths[0]} now holds net:[{inode}], not {ns.unique_id}")
             self.probes[inode] = probe
+            return True
 
         jobs = self.options.jobs or 2 * (os.cpu_count() or 1)
+        pending = 0
         with ThreadPoolExecutor(max_workers=min(jobs, len(new))) as executor:
-            futures = {ns.inode: (ns, executor.submit(open_one, ns)) for ns in new}
-            for inode, (ns, future) in futures.items():
+            futures = [(ns, executor.submit(open_one, ns)) for ns in new]
+            for ns, future in futures:
                 exc = future.exception()
                 if exc is not None:
-                    failed.add(inode)
+                    failed.add(ns.inode)
                     self._fail(netns_label(ns), exc)
-        return failed
+                elif not future.result():
+                    pending += 1
+        return pending
+
+    def _read(self, ns: DiscoveredNamespace, deadline: float, builder: _Families, failed: set[int]) -> bool:
+        """Read one open namespace into *builder*; False (and counted) if it failed."""
+        label = netns_label(ns)
+        if time.monotonic() > deadline:
+            failed.add(ns.inode)
+            self._fail(label, TimeoutError("scrape timeout reached before this namespace was read"))
+            return False
+        try:
+            stats = self.probes[ns.inode].read(self.options.speed)
+        except (OSError, ValueError) as exc:
+            failed.add(ns.inode)
+            self._fail(label, exc)
+            return False
+        builder.add(label, ns, stats)
+        return True
 
     def _scrape(self) -> list[Metric]:
         from ._discover import discover, held_only_by_nsworkers
@@ -457,30 +488,18 @@ class NetnsCollector:
         for inode in [i for i in self.probes if i not in live]:  # gone: let the kernel free it
             self.probes.pop(inode).close()
         wanted = self._wanted(found)
-        failed = self._open_new([ns for ns in wanted if ns.inode not in self.probes], deadline)
         builder = _Families(self.options)
-        scraped = 0
-        for ns in wanted:
-            probe = self.probes.get(ns.inode)
-            if probe is None:
-                continue  # could not be opened: counted in _open_new
-            label = netns_label(ns)
-            if time.monotonic() > deadline:
-                failed.add(ns.inode)
-                self._fail(label, TimeoutError("scrape timeout reached before this namespace was read"))
-                continue
-            try:
-                stats = probe.read(self.options.speed)
-            except (OSError, ValueError) as exc:
-                failed.add(ns.inode)
-                self._fail(label, exc)
-                continue
-            builder.add(label, ns, stats)
-            scraped += 1
+        failed: set[int] = set()
+        # the namespaces already open first: a burst of new ones cannot crowd them out of a scrape
+        scraped = sum(self._read(ns, deadline, builder, failed) for ns in wanted if ns.inode in self.probes)
+        new = [ns for ns in wanted if ns.inode not in self.probes and ns.inode not in failed]
+        pending = self._open_new(new, deadline, failed)
+        scraped += sum(self._read(ns, deadline, builder, failed) for ns in new if ns.inode in self.probes)
         builder.add_self(
             duration=time.monotonic() - started,
             scraped=scraped,
             failed=len(failed),
+            pending=pending,
             errors=self.errors,
             workers=len(self.pool.workers(memory=False)),
             probes=len(self.probes),
@@ -665,8 +684,11 @@ class _Families:
                     self.sock_mem.add_metric([*ns, protocol], values["memory"])
 
     def _counters(self, ns: list[str], files: dict[str, str]) -> None:
-        tables = {**parse_snmp(files.get("snmp", "")), **parse_snmp(files.get("netstat", ""))}
-        six = parse_snmp6(files.get("snmp6", ""))
+        tables = {
+            **parse_snmp(files.get("snmp", ""), ("Tcp", "Udp")),
+            **parse_snmp(files.get("netstat", ""), ("TcpExt",)),
+        }
+        six = parse_snmp6(files.get("snmp6", ""), "Udp6")
         for (section, key), family in self.snmp.items():
             if section == "Udp":
                 if key in tables.get("Udp", {}):
@@ -684,6 +706,7 @@ class _Families:
         duration: float,
         scraped: int,
         failed: int,
+        pending: int,
         errors: dict[tuple[str, str], int],
         workers: int,
         probes: int,
@@ -699,6 +722,11 @@ class _Families:
             GaugeMetricFamily("nsworkers_exporter_namespaces_scraped", "Namespaces read by this scrape.", scraped),
             GaugeMetricFamily(
                 "nsworkers_exporter_namespaces_failed", "Namespaces this scrape could not read (see the log).", failed
+            ),
+            GaugeMetricFamily(
+                "nsworkers_exporter_namespaces_pending",
+                "New namespaces not opened yet: the scrape timeout came first; the next scrape goes on.",
+                pending,
             ),
             GaugeMetricFamily("nsworkers_exporter_workers", "Live nsworkers worker processes.", workers),
             GaugeMetricFamily("nsworkers_exporter_open_namespaces", "Namespaces held open between scrapes.", probes),
