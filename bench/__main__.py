@@ -596,7 +596,9 @@ def bench_exporter(spaces: Namespaces, reps: int, size: int) -> list[dict[str, A
         for i, p in enumerate(paths)
     )
     subprocess.run(["ip", "-batch", "-"], input=batch, text=True, check=True)
-    sleepers = [subprocess.Popen(["ip", "netns", "exec", os.path.basename(p), "sleep", "3600"]) for p in paths]
+    # nsenter, not ip netns exec: that one gives each process a mount namespace of its own, with every
+    # /run/netns bind mount in it, and discovery reads each mountinfo (a pod's container has few mounts)
+    sleepers = [subprocess.Popen(["nsenter", f"--net={p}", "sleep", "3600"]) for p in paths]
     log = open(f"/tmp/{PREFIX}exporter.log", "w+")  # noqa: SIM115 -- read while the exporter writes it
     exporter = subprocess.Popen(
         [sys.executable, "-m", "nsworkers", "exporter", "--port", "0", "--max-age", "0", "--scrape-timeout", "900",
@@ -619,7 +621,7 @@ def bench_exporter(spaces: Namespaces, reps: int, size: int) -> list[dict[str, A
             assert f"nsworkers_exporter_namespaces_scraped {size}.0" in text, text[-2000:]
             return text.count("\n")
 
-        pids = [p.pid for p in sleepers]  # ip netns exec execs sleep: the same pid, inside the namespace
+        pids = [p.pid for p in sleepers]  # nsenter execs sleep: the same pid, inside the namespace
         samples: dict[str, list[float]] = {
             "exporter scrape, warm (HTTP /metrics)": [],
             "exporter first scrape (opens every ns)": [],
