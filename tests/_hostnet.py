@@ -9,6 +9,7 @@
     pod1:  eth0 10.10.0.11/24 (peer of hv1);  TCP 10.10.0.11:8080 listening, one connection accepted
     pod2:  eth0 10.10.0.12/24 (peer of hv2);  TCP connected to 10.10.0.11:8080
     pod3:  eth0 10.10.0.13/24 (peer of hv3);  UDP 0.0.0.0%eth0:5353, UDP connected to 10.10.0.1:53
+           vx1 (vni 43, down), made on the host's uplink0 and moved here: its underlay is in the host
     pod4:  eth0 10.20.0.14/24 (macvlan on the host's uplink1);  TCP [::]:9090 (dual stack), [::1]:9091 (v6only)
 
 Pods route by default through the host (10.10.0.1, pod4 10.20.0.1). Each
@@ -157,6 +158,9 @@ def host_network(prefix: str | None = None) -> Iterator[HostNet]:
             "4789",
         )
         h("link", "set", "vxlan0", "master", "br0", "up")
+        # a vxlan made on the host's uplink0 and moved into pod3 (left down: no kernel socket there)
+        h("link", "add", "vx1", "type", "vxlan", "id", "43", "dev", "uplink0", "dstport", "4790")
+        h("link", "set", "vx1", "netns", net.names["pod3"])
         pod4 = net.names["pod4"]
         h("link", "add", "mv0", "link", "uplink1", "type", "macvlan", "mode", "bridge")
         h("link", "set", "mv0", "netns", pod4)
