@@ -139,12 +139,20 @@ def test_cli_find(net: HostNet) -> None:
     assert header.split() == ["NAMESPACE", "OWNER", "KIND", "DEV", "MATCH"]
     assert line.split()[:4] == [net.names["pod3"], "-", "socket", "eth0"]
     assert f'users:(("python",pid={net.pids["pod3"]},fd=3))' in line.replace("python3", "python")
+
+
+@pytest.mark.privileged
+def test_cli_find_json(net: HostNet) -> None:  # one CLI run per test: each discovers the host's namespaces
     done = _cli("find", "--json", "10.30.0.0/16", *net.names.values())
     data = json.loads(done.stdout)
     assert (data["kind"], data["term"]) == ("prefix", "10.30.0.0/16")
     assert [(m["name"], m["kind"], m["record"]["gateway"]) for m in data["matches"]] == [
         (net.names["host"], "route", "10.20.0.14")
     ]
+
+
+@pytest.mark.privileged
+def test_cli_find_no_match(net: HostNet) -> None:
     done = _cli("find", "1.2.3.4", *net.names.values())
     assert done.returncode == 0 and done.stdout == "" and "no namespace has 1.2.3.4" in done.stderr
 

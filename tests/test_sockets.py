@@ -180,18 +180,24 @@ def test_cli_inspect_sockets_table(net: HostNet) -> None:
     assert all(f"pid={net.pids['pod3']}," in r[-1] for r in rows)
 
 
-def test_cli_sockets_listening_and_port(net: HostNet) -> None:
+def test_cli_sockets_listening(net: HostNet) -> None:
     done = _cli("sockets", "--listening", "--json", *net.names.values())
     assert done.returncode == 0, done.stderr
     ports = {
         (net.role(e["namespace"]), s["local_port"]) for e in json.loads(done.stdout) for s in e["sockets"] if s["users"]
     }
     assert ports == {("host", 7000), ("pod1", 8080), ("pod3", 5353), ("pod4", 9090), ("pod4", 9091)}
+
+
+def test_cli_sockets_port(net: HostNet) -> None:  # one CLI run per test: each discovers the host's namespaces
     done = _cli("sockets", "--port", "8080", *net.names.values())
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert lines[0].split() == ["NAMESPACE", "NETID", "STATE", "RECV-Q", "SEND-Q", "LOCAL", "PEER", "PROCESS"]
     assert sorted(line.split()[0] for line in lines[1:]) == sorted([net.names["pod1"]] * 2 + [net.names["pod2"]])
     assert f"pid={net.pids['pod2']}," in done.stdout
+
+
+def test_cli_sockets_bad_port_exits_2() -> None:
     done = _cli("sockets", "--port", "99999")
     assert done.returncode == 2 and "must be a port" in done.stderr
