@@ -58,7 +58,7 @@ def test_import_is_cheap() -> None:
 def test_the_zygote_imports_no_module_with_an_at_fork_hook() -> None:
     # threading (and logging, subprocess, the pool, which import it) registers an
     # at-fork hook that would run in, and dirty the pages of, every forked worker.
-    hooked = "('threading', 'logging', 'subprocess', 'random', 'nsworkers._pool', 'nsworkers._zygote')"
+    hooked = "('threading', 'logging', 'subprocess', 'random', 'nsworkers._pool', 'nsworkers._spawners')"
     code = f"""
 import sys, nsworkers
 with nsworkers.Pool(preload=("nsworkers.netlink",)) as pool:

@@ -166,12 +166,28 @@ def _describe(st: os.stat_result) -> str:
 
 
 def open_fd(path: str, want: NamespaceType | None = None) -> tuple[int, NamespaceType, os.stat_result]:
-    """Open and validate a namespace path; return ``(fd, type, fstat)``. The fd is ``O_CLOEXEC``."""
-    check_path(path)
+    """Open and validate a namespace path; return ``(fd, type, fstat)``. The fd is ``O_CLOEXEC``.
+
+    Open first, check after, on the fd: the path is opened ``O_PATH`` (which
+    opens nothing for I/O: a FIFO or a device swapped in by another user is
+    never opened, whatever the race), checked to be an nsfs file, and only
+    then reopened for real through ``/proc/self/fd`` -- the same inode, not
+    the path again.
+    """
     try:
-        fd = os.open(path, _OPEN_FLAGS)
+        probe = os.open(path, os.O_PATH | os.O_CLOEXEC)
     except OSError as exc:
         raise _open_error(exc, path) from None
+    try:
+        st = os.fstat(probe)
+        if not stat.S_ISREG(st.st_mode) or _sys.fstatfs_type(probe) != _sys.NSFS_MAGIC:
+            raise NotANamespaceError(f"not a namespace: {path!r} ({_describe(st)})")
+        try:
+            fd = os.open(f"/proc/self/fd/{probe}", _OPEN_FLAGS)
+        except OSError as exc:
+            raise _open_error(exc, path) from None
+    finally:
+        os.close(probe)
     try:
         return (fd, *validate_fd(fd, path, want))
     except BaseException:

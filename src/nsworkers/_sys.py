@@ -113,6 +113,29 @@ def recv_fds(sock: socket.socket, bufsize: int, maxfds: int) -> tuple[bytes, lis
     return msg, list(fds), flags, addr
 
 
+def pidfd_getfd(pidfd: int, pid: int, fd: int) -> int:
+    """Duplicate *fd* of process *pid* into this process, close-on-exec (``pidfd_getfd(2)``, Linux 5.6+).
+
+    Through *pidfd* when there is one (no pid-reuse race), else a pidfd opened now.
+    """
+    import ctypes
+
+    own = pidfd < 0
+    if own:
+        pidfd = os.pidfd_open(pid)
+    try:
+        libc = _get_libc()
+        libc.syscall.restype = ctypes.c_long
+        new = libc.syscall(ctypes.c_long(SYS_PIDFD_GETFD), ctypes.c_int(pidfd), ctypes.c_int(fd), ctypes.c_uint(0))
+        if new < 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"pidfd_getfd from process {pid}: {os.strerror(err)}")
+        return int(new)
+    finally:
+        if own:
+            os.close(pidfd)
+
+
 def openat2(dir_fd: int, path: str, flags: int, resolve: int, mode: int = 0) -> int:
     """``openat2(2)`` (Linux 5.6+): open *path* relative to *dir_fd* under the *resolve* restrictions."""
     import ctypes

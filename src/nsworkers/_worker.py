@@ -6,15 +6,22 @@ Runs in a freshly forked child (of the zygote, or of the caller with
 
 1. ``PR_SET_PDEATHSIG`` so the worker dies with its parent, and a check that
    the parent did not die before that;
-2. a process name (``nsw-worker``), SIGINT ignored (the caller decides);
+2. a process name (``nsw-worker``), its own process group (so that a kill
+   reaches what the callable forked), every signal unblocked and at its
+   default but SIGINT and SIGPIPE (ignored: the caller decides);
 3. every fd closed but the channel and the namespace fds;
-4. ``setns`` into each target in ``nsenter`` order while the process is
+4. for a mount-namespace target: the caller's root kept (``caller_open``)
+   and imports bound to it (``_callerfs``), so nothing is ever loaded from
+   the target's filesystem;
+5. ``setns`` into each target in ``nsenter`` order while the process is
    single-threaded (mount and user namespaces require it), then a check that
    ``/proc/self/ns/*`` shows the expected inodes;
-5. a ``READY`` (or ``JOIN_FAILED`` with the errno) frame to the caller;
-6. the call loop: receive ``(fn, args, kwargs)``, run it, reply.
+6. a seccomp filter that makes any later namespace change fail (or, where
+   one cannot be installed, a check of every type after each call);
+7. a ``READY`` (or ``JOIN_FAILED``) frame to the caller;
+8. the call loop: receive a ``CALL`` frame, run it, reply under its request id.
 
-Replies are tuples whose first item is one of the tags below.
+The frames and their bodies are defined in ``_messages``.
 """
 
 from __future__ import annotations
@@ -25,7 +32,6 @@ import os
 import pickle
 import signal
 import socket
-import stat
 import sys
 import traceback
 import types
@@ -33,26 +39,33 @@ from collections.abc import Callable
 from typing import Any, NoReturn
 
 from . import _sys
-from ._protocol import DILL, PICKLE, Channel, ChannelClosed, dumps, loads
+from ._messages import (
+    CALL,
+    DILL,
+    FATAL,
+    JOIN_FAILED,
+    OK,
+    RAISED,
+    RAISED_RAW,
+    READY,
+    STOP,
+    TAINTED,
+    UNLOADABLE,
+    UNSENDABLE,
+    Channel,
+    ChannelClosed,
+    Fatal,
+    JoinFailed,
+    Raised,
+    RaisedRaw,
+    Ready,
+    SpareAssignment,
+    dumps,
+    loads,
+)
 from .errors import SerializationError
 
-# Reply tags (worker -> caller).
-READY = 0
-JOIN_FAILED = 1
-OK = 2
-RAISED = 3  # (RAISED, exception, traceback_text)
-RAISED_RAW = 4  # (RAISED_RAW, type_name, message, traceback_text): exception not sendable
-UNSENDABLE = 5  # (UNSENDABLE, message): the result could not be serialized
-UNLOADABLE = 6  # (UNLOADABLE, message, codec): the call could not be deserialized here
-TAINTED = 7  # (TAINTED, message): the callable changed the worker's namespace; worker exits
-FATAL = 8  # (FATAL, exception reply): MemoryError/RecursionError; the worker's state is suspect and it exits
-
 _FATAL_ERRORS = (MemoryError, RecursionError)
-
-# A call request is (fn, args, kwargs), where fn may be the number of a function
-# sent before, or (fn, args, kwargs, number) asking the worker to keep fn under
-# that number; None asks the worker to exit.
-STOP = None
 
 # (fd, CLONE_NEW* flag, type name, (dev, ino))
 TargetSpec = tuple[int, int, str, tuple[int, int]]
@@ -62,9 +75,14 @@ _MAX_TARGETS = 8  # one fd per namespace type
 _FOR_CHILDREN = {"pid": "pid_for_children", "time": "time_for_children"}
 
 
-def child_main(fds: tuple[int, int], targets: list[TargetSpec], parent_pid: int, pdeathsig: bool) -> NoReturn:
-    """Entry point right after fork; *fds* are the worker's channel ends ``(read, write)``. Never returns."""
-    _exit_with(lambda: _main(fds, targets, parent_pid, pdeathsig))
+def child_main(
+    fds: tuple[int, int], targets: list[TargetSpec], parent_pid: int, pdeathsig: bool, native: tuple[str, ...] = ()
+) -> NoReturn:
+    """Entry point right after fork; *fds* are the worker's channel ends ``(read, write)``. Never returns.
+
+    *native*: extension modules to import before joining a mount namespace.
+    """
+    _exit_with(lambda: _main(fds, targets, parent_pid, pdeathsig, native))
 
 
 def spare_main(sock: socket.socket, parent_pid: int) -> NoReturn:
@@ -94,12 +112,16 @@ def _exit_with(main: Callable[[], int]) -> NoReturn:
 
 
 def _prepare(parent_pid: int, pdeathsig: bool, keep: set[int], name: str) -> bool:
-    """Set up the process (death signal, name, signals, fds); False if the parent already died."""
+    """Set up the process (death signal, name, group, signals, fds); False if the parent already died."""
     if pdeathsig:
         _sys.prctl(_sys.PR_SET_PDEATHSIG, signal.SIGKILL)
         if os.getppid() != parent_pid:
             return False  # parent died before the death signal was armed
     set_name(name)
+    try:
+        os.setpgid(0, 0)
+    except OSError:
+        pass  # a session leader already leads its group
     reset_signals()
     _close_fds_except(keep)
     return True
@@ -112,18 +134,29 @@ def set_name(name: str) -> None:
         pass  # only cosmetic: what ps and top show
 
 
-def reset_signals() -> None:
-    """SIGINT and SIGPIPE ignored (the caller decides; a vanished caller shows as EPIPE/EOF), the rest default.
+_CATCHABLE = tuple(int(s) for s in signal.valid_signals() if s not in (signal.SIGKILL, signal.SIGSTOP))
 
-    Through ``_signal``, with plain ints: ``signal.signal`` maps the previous
-    handler back to an enum, which for the zygote's SIGCHLD handler (a bound
-    method) raises and formats a ValueError inside enum -- about 75 pages of
-    the zygote's heap dirtied, copy-on-write, in every worker.
+
+def reset_signals() -> None:
+    """Every signal unblocked and at its default, but SIGINT and SIGPIPE ignored.
+
+    SIGINT: the caller decides (a Ctrl-C reaches the whole process group).
+    SIGPIPE: a vanished caller shows as EPIPE. Whatever the process we were
+    forked from blocked or handled (a caller's mask, its Python handlers, the
+    zygote's SIGCHLD handler) must not carry over. Through ``_signal``, with
+    plain ints: ``signal.signal`` maps the previous handler back to an enum,
+    which for a bound-method handler raises and formats a ValueError inside
+    enum -- about 75 pages of the zygote's heap dirtied, copy-on-write, in
+    every worker.
     """
+    _signal.pthread_sigmask(_signal.SIG_SETMASK, ())
+    for signum in _CATCHABLE:
+        try:
+            _signal.signal(signum, _signal.SIG_DFL)
+        except (OSError, ValueError):
+            pass
     _signal.signal(_signal.SIGINT, _signal.SIG_IGN)
     _signal.signal(_signal.SIGPIPE, _signal.SIG_IGN)
-    for signum in (_signal.SIGCHLD, _signal.SIGTERM, _signal.SIGHUP, _signal.SIGUSR1, _signal.SIGUSR2):
-        _signal.signal(signum, _signal.SIG_DFL)
 
 
 def _spare(sock: socket.socket, parent_pid: int) -> int:
@@ -133,46 +166,71 @@ def _spare(sock: socket.socket, parent_pid: int) -> int:
     sock.close()
     if not msg:
         return 0  # the zygote no longer needs us
-    wire: list[tuple[int, int, str, tuple[int, int]]] = pickle.loads(msg)
-    targets = [(fds[i], flag, name, ident) for i, flag, name, ident in wire]
+    assignment: SpareAssignment = pickle.loads(msg)
+    targets = [(fds[t.fd_index], t.flag, t.type_name, t.ident) for t in assignment.targets]
     set_name("nsw-worker")
-    return _start((fds[-2], fds[-1]), targets)
+    return _start((fds[-2], fds[-1]), targets, assignment.native)
 
 
-def _main(fds: tuple[int, int], targets: list[TargetSpec], parent_pid: int, pdeathsig: bool) -> int:
+def _main(
+    fds: tuple[int, int], targets: list[TargetSpec], parent_pid: int, pdeathsig: bool, native: tuple[str, ...]
+) -> int:
     if not _prepare(parent_pid, pdeathsig, {*fds, *(t[0] for t in targets)}, "nsw-worker"):
         return 1
-    return _start(fds, targets)
+    return _start(fds, targets, native)
 
 
-def _start(fds: tuple[int, int], targets: list[TargetSpec]) -> int:
+def _start(fds: tuple[int, int], targets: list[TargetSpec], native: tuple[str, ...]) -> int:
     global _ns_dir, _caller_root
     # Opened before joining: after a mount-namespace join /proc may be another
     # pid namespace's procfs, where /proc/self does not resolve.
     _ns_dir = os.open("/proc/self/ns", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     if any(t[2] == "mnt" for t in targets):
+        from . import _callerfs
+
+        _load_native(native)
         _caller_root = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        _callerfs.install(_caller_root)
 
     chan = Channel(*fds)
     failure = _join(targets)
     for t in targets:
         os.close(t[0])
     if failure is not None:
-        chan.send_obj((JOIN_FAILED, *failure))
+        chan.send_obj(JOIN_FAILED, 0, JoinFailed(*failure))
         return 2
-    expected = [(name, ident) for _, _, name, ident in targets]
-    if any(name in _FOR_CHILDREN for name in (t[2] for t in targets)):
+    joined = [(name, ident) for _, _, name, ident in targets]
+    if any(name in _FOR_CHILDREN for name, _ in joined):
         _fork_into_children_namespaces(fds)
-    chan.send_obj((READY, os.getpid(), expected))
-    # One O_PATH fd per joined type on this process's own /proc/PID/ns/TYPE link:
-    # readlink through it shows the type's namespace *now*, for less than a lookup by name.
-    links = [
-        (os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=_ns_dir), f"{name}:[{ident[1]}]")
-        for name, ident in expected
-        if name not in _FOR_CHILDREN
-    ]
+    # After the join nothing may move this process again: a seccomp filter makes setns,
+    # unshare and clone of new namespaces fail. Where none can be installed, every type
+    # is read back after each call instead (about 1.5 us per type).
+    links = []
+    if not _sys.deny_namespace_changes():
+        for name in _ALL_TYPES:
+            try:
+                fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=_ns_dir)
+            except FileNotFoundError:
+                continue  # a type this kernel does not have
+            links.append((fd, os.readlink("", dir_fd=fd)))
+    chan.send_obj(READY, 0, Ready(os.getpid(), joined))
     os.close(_ns_dir)
     return _serve(chan, links)
+
+
+def _load_native(names: tuple[str, ...]) -> None:
+    """Import, before a mount-namespace join, the extension modules the caller uses: none can load after it."""
+    import importlib
+
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except BaseException:
+            continue
+
+
+#: What a callable could change, as /proc/self/ns names them (pid and time apply to children).
+_ALL_TYPES = ("cgroup", "ipc", "mnt", "net", "pid_for_children", "time_for_children", "user", "uts")
 
 
 def _fork_into_children_namespaces(fds: tuple[int, int]) -> None:
@@ -276,100 +334,93 @@ def caller_open(path: str) -> int:
     anywhere else it is a plain open. Anything but a regular file raises
     ``OSError`` without being opened for I/O. The fd is ``O_CLOEXEC``.
     """
-    if _caller_root >= 0:
-        relative = path.lstrip("/") or "."
-        resolve = _sys.RESOLVE_IN_ROOT | _sys.RESOLVE_NO_MAGICLINKS
+    from ._callerfs import open_regular
 
-        def opener(flags: int) -> int:
-            return _sys.openat2(_caller_root, relative, flags | os.O_CLOEXEC, resolve)
-    else:
-
-        def opener(flags: int) -> int:
-            return os.open(path, flags | os.O_CLOEXEC)
-
-    probe = opener(os.O_PATH)
-    try:
-        st = os.fstat(probe)
-    finally:
-        os.close(probe)
-    if not stat.S_ISREG(st.st_mode):
-        raise OSError(errno.EINVAL, f"not a regular file: {path}")
-    fd = opener(os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
-    now = os.fstat(fd)
-    if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
-        os.close(fd)
-        raise OSError(errno.EAGAIN, f"{path} was replaced while it was opened")
-    return fd
+    return open_regular(path, _caller_root)
 
 
 _forked = False  # set in a child forked by a callable (os.register_at_fork)
+_channel_fds: tuple[int, int] = (-1, -1)
 
 
-def _mark_forked() -> None:
+def _after_fork_in_callable_child() -> None:
+    """In a child the callable forked: let go of the worker's channel and die with the worker.
+
+    A child holding copies of the pipes would keep them open after the
+    worker died (the caller watches the process too, but EOF is the fast
+    signal); a child that outlived a replaced worker would leak.
+    """
     global _forked
     _forked = True
+    for fd in _channel_fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    try:
+        _sys.prctl(_sys.PR_SET_PDEATHSIG, signal.SIGKILL)
+    except OSError:
+        pass
 
 
 def _serve(chan: Channel, links: list[tuple[int, str]]) -> int:
+    global _channel_fds
     # A callable that forks and returns in the child must not reach the channel. Every
     # fork Python code can return from (os.fork, os.forkpty, multiprocessing) runs the
     # at-fork hooks; a flag costs nothing per call where getpid() was a system call.
-    os.register_at_fork(after_in_child=_mark_forked)
+    _channel_fds = (chan.rfd, chan.wfd)
+    os.register_at_fork(after_in_child=_after_fork_in_callable_child)
     recv, send, readlink = chan.recv, chan.send, os.readlink
-    functions: dict[int, Any] = {}  # callables the caller names by number (_pool._index_of)
+    functions: dict[int, Any] = {}  # callables the caller names by number (_calls.index_of)
     while True:
         try:
-            codec, payload = recv()
+            kind, request_id, codec, payload = recv()
         except ChannelClosed:
             return 0
+        if kind != CALL:
+            return 0 if kind == STOP else 5  # anything else: the caller is out of step; it sees EOF
         try:
-            request = loads(codec, payload)
-            if request is STOP:
-                return 0
-            if len(request) == 3:
-                fn, args, kwargs = request
-                if type(fn) is int:
-                    fn = functions[fn]
-            else:  # (fn, args, kwargs, number): keep fn, the caller will name it by number
-                fn, args, kwargs, number = request
-                functions[number] = fn
+            fn, args, kwargs, keep_as = loads(codec, payload)
+            if type(fn) is int:
+                fn = functions[fn]
+            elif keep_as is not None:
+                functions[keep_as] = fn
             if codec == DILL:
                 adopt_main_names(fn, args, kwargs)
-        except Exception as exc:
+        except BaseException as exc:  # SIGINT is ignored here: this is the payload's own doing
             text = (
                 str(exc) if isinstance(exc, SerializationError) else f"cannot deserialize: {type(exc).__name__}: {exc}"
             )
-            chan.send_obj((UNLOADABLE, text, codec))
+            send(UNLOADABLE, request_id, *dumps(text))
             continue
-        del payload, request
+        del payload
         fatal = False
         try:
-            reply: tuple[Any, ...] = (OK, fn(*args, **kwargs))
+            reply_kind, body = OK, fn(*args, **kwargs)
         except BaseException as exc:  # the caller decides what is fatal
             fatal = isinstance(exc, _FATAL_ERRORS)
-            reply = _exception_reply(exc)
+            reply_kind, body = _exception_reply(exc)
         del fn, args, kwargs
         if _forked:
             os._exit(0)  # the callable forked and returned in the child: it must not talk
-        for fd, expected in links:  # readlink through the O_PATH fd: ~1.5 us per type
+        for fd, expected in links:  # only where no seccomp filter holds us (see _start)
             now = readlink("", dir_fd=fd)
             if now != expected:
-                chan.send_obj(
-                    (TAINTED, f"the callable moved the worker from {expected} to {now}; the worker was discarded")
-                )
+                send(TAINTED, request_id, *dumps(f"the callable moved the worker from {expected} to {now}"))
                 return 3
         try:
-            codec, data = dumps(reply, main_by_name=True)
+            codec, data = dumps(body, main_by_name=True, contain=True)
         except SerializationError as exc:
-            if reply[0] == OK:
-                codec, data = dumps((UNSENDABLE, str(exc)))
+            if reply_kind == OK:
+                reply_kind, (codec, data) = UNSENDABLE, dumps(str(exc))
             else:
-                codec, data = dumps(_raw_exception(reply[1], reply[2]))
-        del reply
+                reply_kind, raw = _raw_exception(body.exception, body.traceback)
+                codec, data = dumps(raw)
+        del body
         if fatal:
-            chan.send_obj((FATAL, (codec, data)))
+            chan.send_obj(FATAL, request_id, Fatal(reply_kind, codec, data))
             return 4
-        send(codec, data)
+        send(reply_kind, request_id, codec, data)
         del data
 
 
@@ -393,28 +444,28 @@ def adopt_main_names(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> 
                 main[name] = obj
 
 
-def _exception_reply(exc: BaseException) -> tuple[Any, ...]:
+def _exception_reply(exc: BaseException) -> tuple[int, Any]:
     tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     exc.__traceback__ = None
     try:
         # An exception that pickles but cannot be rebuilt (custom __init__) would fail
         # in the caller, far from its traceback: check the round trip here.
         pickle.loads(pickle.dumps(exc, protocol=5))
-    except Exception:
+    except BaseException:
         return _raw_exception(exc, tb)
-    return (RAISED, exc, tb)
+    return RAISED, Raised(exc, tb)
 
 
-def _raw_exception(exc: BaseException, tb: str) -> tuple[Any, ...]:
+def _raw_exception(exc: BaseException, tb: str) -> tuple[int, RaisedRaw]:
     kind = type(exc)
     try:
         message = str(exc)
-    except Exception:
+    except BaseException:
         message = "<str() failed>"
-    return (RAISED_RAW, f"{kind.__module__}.{kind.__qualname__}", message, tb)
+    return RAISED_RAW, RaisedRaw(f"{kind.__module__}.{kind.__qualname__}", message, tb)
 
 
-__all__ = ("DILL", "PICKLE", "caller_open", "child_main", "spare_main")
+__all__ = ("caller_open", "child_main", "spare_main")
 
 if sys.platform != "linux":  # pragma: no cover
     raise ImportError("nsworkers runs on Linux only")

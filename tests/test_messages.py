@@ -1,4 +1,4 @@
-"""Framing and serialization, including a misbehaving peer (property tests)."""
+"""Frames and serialization on a worker channel, including a misbehaving peer (property tests)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nsworkers import ProtocolError, SerializationError
-from nsworkers._protocol import DILL, HEADER, PICKLE, Channel, ChannelClosed, channel_pipes, dumps, loads
+from nsworkers._messages import CALL, DILL, HEADER, OK, PICKLE, Channel, ChannelClosed, channel_pipes, dumps, loads
 
 
 @pytest.fixture
@@ -45,22 +45,22 @@ def test_roundtrip_small_and_large(pair: tuple[Channel, Channel]) -> None:
     a, b = pair
     for size in (0, 1, 100, (1 << 16) - 1, 1 << 16, 5 << 20):
         payload = os.urandom(size)
-        sender = threading.Thread(target=a.send, args=(PICKLE, payload))
+        sender = threading.Thread(target=a.send, args=(CALL, size, PICKLE, payload))
         sender.start()
-        codec, got = b.recv()
+        kind, request_id, codec, got = b.recv()
         sender.join()
-        assert codec == PICKLE and bytes(got) == payload
+        assert (kind, request_id, codec, bytes(got)) == (CALL, size, PICKLE, payload)
 
 
 def test_two_frames_in_one_read(pair: tuple[Channel, Channel]) -> None:
     a, b = pair
-    os.write(a.wfd, HEADER.pack(3, PICKLE) + b"abc" + HEADER.pack(2, DILL) + b"de")
-    assert [(c, bytes(p)) for c, p in (b.recv(), b.recv())] == [(PICKLE, b"abc"), (DILL, b"de")]
+    os.write(a.wfd, HEADER.pack(3, PICKLE, OK, 7) + b"abc" + HEADER.pack(2, DILL, OK, 8) + b"de")
+    assert [(i, c, bytes(p)) for _, i, c, p in (b.recv(), b.recv())] == [(7, PICKLE, b"abc"), (8, DILL, b"de")]
 
 
 def test_eof_and_truncation(pair: tuple[Channel, Channel]) -> None:
     a, b = pair
-    os.write(a.wfd, HEADER.pack(10, PICKLE) + b"abc")
+    os.write(a.wfd, HEADER.pack(10, PICKLE, OK, 1) + b"abc")
     os.close(a.wfd)
     a.wfd = -1
     with pytest.raises(ChannelClosed):
@@ -77,7 +77,7 @@ def test_timeout(pair: tuple[Channel, Channel]) -> None:
 
 def test_garbage_header(pair: tuple[Channel, Channel]) -> None:
     a, b = pair
-    os.write(a.wfd, struct.pack("<QB", 5, 99) + b"hello")
+    os.write(a.wfd, struct.pack("<QBBI", 5, 99, OK, 1) + b"hello")
     with pytest.raises(ProtocolError):
         b.recv()
 
@@ -85,7 +85,7 @@ def test_garbage_header(pair: tuple[Channel, Channel]) -> None:
 def test_oversized_frame_is_refused(pair: tuple[Channel, Channel]) -> None:
     a, b = pair
     b.max_frame = 1 << 20
-    os.write(a.wfd, HEADER.pack(1 << 40, PICKLE))
+    os.write(a.wfd, HEADER.pack(1 << 40, PICKLE, OK, 1))
     with pytest.raises(ProtocolError):
         b.recv()
 
@@ -104,7 +104,7 @@ def test_garbage_never_crashes_or_hangs(data: bytes, close: bool) -> None:
         import time
 
         try:
-            codec, payload = b.recv(deadline=time.monotonic() + 0.05)
+            _, _, codec, payload = b.recv(deadline=time.monotonic() + 0.05)
             loads(codec, payload)
         except (ProtocolError, ChannelClosed, TimeoutError, SerializationError):
             pass
@@ -127,8 +127,8 @@ def test_deadlines_work_past_fd_setsize() -> None:
         assert a.rfd >= 1024
         with pytest.raises(TimeoutError):
             a.recv(deadline=time.monotonic() + 0.05)
-        b.send(PICKLE, b"x")
-        assert bytes(a.recv(deadline=time.monotonic() + 5)[1]) == b"x"
+        b.send(OK, 1, PICKLE, b"x")
+        assert bytes(a.recv(deadline=time.monotonic() + 5)[3]) == b"x"
     finally:
         a.close()
         b.close()
