@@ -15,16 +15,9 @@ import pytest
 from nsworkers import Namespace, Pool
 from nsworkers._worker import caller_open
 
+from ._in_worker import read_both
+
 pytestmark = pytest.mark.privileged
-
-
-def read_both(path: str) -> tuple[str, str]:
-    """Runs in the worker: *path* as the target shows it, and as the caller does."""
-    with open(path) as mine:
-        target_view = mine.read()
-    fd = caller_open(path)
-    with os.fdopen(fd) as theirs:
-        return target_view, theirs.read()
 
 
 def test_caller_open_reads_the_callers_file_not_the_targets(
