@@ -132,7 +132,7 @@ def _comm(pid: int) -> str | None:
         return None
 
 
-#: /proc/PID/comm of nsworkers' own processes (set in ``_worker`` and ``_forkserver``)
+#: /proc/PID/comm of nsworkers' own processes (set in ``_worker`` and ``_zygote``)
 PROCESS_NAMES = frozenset({"nsw-worker", "nsw-spare", "nsw-zygote"})
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import errno
 import os
-import stat
 from collections.abc import Sequence
 from typing import Union
 
@@ -22,18 +21,16 @@ from ._namespace import (
     JOIN_ORDER,
     Namespace,
     NamespaceType,
+    check_path,
     fcntl_dupfd_cloexec,
     fspath,
-    nsfs_dev,
     open_fd,
 )
 from .errors import (
     InvalidTargetError,
     NamespaceClosedError,
     NamespaceNotFoundError,
-    NamespacePermissionError,
     NamespaceTypeError,
-    NotANamespaceError,
 )
 
 __all__ = ("Key", "Target", "TargetLike", "resolve")
@@ -87,21 +84,6 @@ class Target:
         return specs
 
 
-def _stat_key(path: str) -> Key:
-    try:
-        st = os.stat(path)
-    except OSError as exc:
-        if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.ESRCH):
-            raise NamespaceNotFoundError(errno.ENOENT, "no such namespace", path) from None
-        if exc.errno in (errno.EACCES, errno.EPERM):
-            raise NamespacePermissionError(exc.errno, "permission denied opening namespace", path) from None
-        raise NotANamespaceError(f"not a namespace: {path!r} ({os.strerror(exc.errno or 0)})") from None
-    if not stat.S_ISREG(st.st_mode) or st.st_dev != nsfs_dev():
-        kind = "a directory" if stat.S_ISDIR(st.st_mode) else "not an nsfs file"
-        raise NotANamespaceError(f"not a namespace: {path!r} ({kind})")
-    return ((st.st_dev, st.st_ino),)
-
-
 def resolve(target: object) -> Target:
     """The :class:`Target` behind *target*; typed errors before anything is spawned."""
     if type(target) is Namespace:  # the fast path, first
@@ -110,7 +92,8 @@ def resolve(target: object) -> Target:
         return Target((target._id,), None, (target,))
     if isinstance(target, str):
         path = fspath(target)
-        return Target(_stat_key(path), path, ())
+        st = check_path(path)  # a stat: no side effect on whatever the path names
+        return Target(((st.st_dev, st.st_ino),), path, ())
     if isinstance(target, Namespace):
         if target.closed:
             raise NamespaceClosedError(f"{target!r} is closed")

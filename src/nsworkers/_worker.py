@@ -445,7 +445,13 @@ def adopt_main_names(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> 
 
 
 def _exception_reply(exc: BaseException) -> tuple[int, Any]:
-    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    if _caller_root >= 0:
+        from ._callerfs import caller_cwd
+
+        with caller_cwd():  # 3.13 reads ./<unknown> while formatting: not in the target's cwd
+            tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    else:
+        tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     exc.__traceback__ = None
     try:
         # An exception that pickles but cannot be rebuilt (custom __init__) would fail
