@@ -270,7 +270,7 @@ class Pool(_Caller):
         No process is forked per socket. A worker that died while idle is
         replaced, as for :meth:`run`.
         """
-        _, (fd,) = self._take_fds(target, _worker_socket, (family, type, proto), self._timeout)
+        _, (fd,) = self._take_fds(target, _sys.new_socket_fd, (family, type, proto), self._timeout)
         return _socket.socket(fileno=fd)
 
     def _take_fds(
@@ -294,7 +294,7 @@ class Pool(_Caller):
             try:
                 for remote_fd in remote:
                     taken.append(_sys.pidfd_getfd(link.chan.pidfd, worker.pid, remote_fd))
-                close = Call(_close_fds, (remote,), {})  # the worker's copies go whatever happened
+                close = Call(_sys.close_fds, (remote,), {})  # the worker's copies go whatever happened
                 settle(self._exchange(worker, close, deadline), close, Where(worker.pid, worker.label, timeout))
             except BaseException:
                 for fd in taken:
@@ -640,17 +640,6 @@ class Pool(_Caller):
         self._init_state()
         self._sched.closed = True
         self._closing = self._closed = True
-
-
-def _worker_socket(family: int, kind: int, proto: int) -> tuple[None, list[int]]:
-    """Runs in the worker: a new socket's fd, left open for the caller to duplicate."""
-    return None, [_socket.socket(family, kind, proto).detach()]
-
-
-def _close_fds(fds: list[int]) -> None:
-    """Runs in the worker: close the fds the caller has taken copies of."""
-    for fd in fds:
-        os.close(fd)
 
 
 def _memory(pid: int) -> tuple[int | None, int | None]:

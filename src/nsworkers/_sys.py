@@ -310,3 +310,18 @@ def deny_namespace_changes() -> bool:
     if err in (errno.EACCES, errno.EINVAL, errno.ENOSYS):
         return False
     raise OSError(err, f"seccomp(SECCOMP_SET_MODE_FILTER): {os.strerror(err)}")
+
+
+# -- run in a worker by Pool.socket() / Pool._take_fds(): here, not in _pool, because a worker
+#    unpickling a function of _pool would import _pool (threads, futures) into every worker
+
+
+def new_socket_fd(family: int, kind: int, proto: int) -> tuple[None, list[int]]:
+    """A new socket's fd, left open for the caller to duplicate."""
+    return None, [socket.socket(family, kind, proto).detach()]
+
+
+def close_fds(fds: list[int]) -> None:
+    """Close the fds the caller has taken copies of."""
+    for fd in fds:
+        os.close(fd)
