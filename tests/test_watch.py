@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -219,3 +220,27 @@ def test_watch_everything_one_left_and_no_rejoin(pool: Pool, make_netns: Callabl
         holder.wait()
     assert [(e["event"], e.get("name")) for e in events] == [("joined", a), ("left", a), ("joined", b)]
     assert events[1]["reason"] == "namespace gone" and "error" not in events[1]
+
+
+def test_cli_watch_two_ctrl_c_end_it_without_a_traceback(make_netns: Callable[[], str]) -> None:
+    # `timeout -s INT` and impatient users send SIGINT twice: the second may land during shutdown
+    name = make_netns()
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(nsworkers.__file__))))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nsworkers", "watch", name],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        assert proc.stdout is not None
+        assert json.loads(proc.stdout.readline())["event"] == "joined"
+        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode in (130, -signal.SIGINT), err
+        assert "Traceback" not in err
+    finally:
+        proc.kill()
+        proc.wait()

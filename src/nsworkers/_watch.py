@@ -25,6 +25,7 @@ from typing import Any
 
 from ._namespace import Namespace
 from ._pool import Pool
+from .errors import NotANamespaceError
 
 __all__ = ("watch",)
 
@@ -85,8 +86,8 @@ def watch(
             try:
                 ns = Namespace.open(path, "net")
             except Exception as exc:
-                if everything and isinstance(exc, FileNotFoundError):
-                    continue  # gone between the scan and now: nothing to watch, nothing failed
+                if everything and isinstance(exc, (FileNotFoundError, NotANamespaceError)):
+                    continue  # gone between the scan and now (its path now leads to a plain file): nothing failed
                 failed.add(path)
                 yield {"namespace": path, "name": _name_of(path), "event": "error", "error": str(exc)}
                 continue

@@ -10,6 +10,7 @@ import errno
 import json
 import re
 import shlex
+import signal
 import sys
 from collections.abc import Sequence
 from typing import Any, TextIO
@@ -521,6 +522,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _interrupted(signum: int, frame: object) -> None:
+    """The first Ctrl-C stops the command cleanly (exit 130); a second one ends the process at once,
+    silently, whatever it was doing (shutting workers down, exiting)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    raise KeyboardInterrupt
+
+
+def threading_is_main() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``nsworkers`` console script."""
     parser = build_parser()
@@ -533,6 +547,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     args.command_line = shlex.join(["nsworkers", *(sys.argv[1:] if argv is None else argv)])
     from .errors import NsWorkersError
+
+    if threading_is_main():
+        signal.signal(signal.SIGINT, _interrupted)
 
     try:
         return int(args.func(args))
