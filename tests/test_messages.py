@@ -132,3 +132,27 @@ def test_deadlines_work_past_fd_setsize() -> None:
     finally:
         a.close()
         b.close()
+
+
+def test_a_partial_write_sends_only_the_rest() -> None:
+    # A pipe with little room left takes part of a small frame: the rest must follow, not the whole
+    # frame again (an unprivileged user past pipe-user-pages-soft gets one-page pipes).
+    import fcntl
+
+    ours, theirs = channel_pipes()
+    fcntl.fcntl(ours[1], fcntl.F_SETPIPE_SZ, 8192)  # two page slots
+    a = Channel(ours[0], ours[1], pidfd=os.pidfd_open(os.getpid()))  # a caller's side: non-blocking writes
+    b = Channel(*theirs)
+    try:
+        os.write(a.wfd, b"\0" * 4096)  # one slot left: a larger write takes one page of it
+        payload = os.urandom(10_000)  # above PIPE_BUF: a non-blocking write may take part of it
+        sender = threading.Thread(target=a.send, args=(CALL, 9, PICKLE, payload))
+        sender.start()
+        while a.unsent_bytes() < 8192:  # the sender filled the pipe: part of the frame is in
+            assert sender.is_alive()
+        assert os.read(b.rfd, 4096) == b"\0" * 4096
+        assert b.recv()[1:] == (9, PICKLE, payload)
+        sender.join()
+    finally:
+        a.close()
+        b.close()

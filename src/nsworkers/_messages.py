@@ -435,6 +435,8 @@ class Channel:
             if self.pidfd >= 0:
                 poller.register(self.pidfd, _POLLIN)
         fd = self.rfd if events == _POLLIN else self.wfd
+        if fd < 0:
+            raise ChannelClosed("the channel was closed")  # by the pool shutting down under us
         poller.register(fd, events)  # (re-registering only updates the events)
         try:
             while True:
@@ -462,11 +464,11 @@ class Channel:
             if len(payload) < _SMALL:
                 data = _pack(len(payload), codec, kind, request_id) + payload
                 try:
-                    if _os_write(self.wfd, data) == len(data):
-                        return
+                    sent = _os_write(self.wfd, data)
                 except BlockingIOError:
-                    pass
-                self._write_all(data, deadline)  # a full pipe, or a partial write
+                    sent = 0
+                if sent != len(data):
+                    self._write_all(data[sent:], deadline)  # a full pipe, or a partial write
             else:
                 self._write_all(_pack(len(payload), codec, kind, request_id), deadline)
                 self._write_all(payload, deadline)

@@ -442,8 +442,10 @@ class Pool(_Caller):
                 except BaseException as exc:
                     # No reply, or one out of step: the channel is in an unknown state, so the worker goes
                     # (killed, unless it is already dying: then its own exit status says why).
-                    dying = isinstance(exc, m.ChannelClosed)
-                    return settle(Failure(exc, self._discard(worker, kill=not dying)), call, where)
+                    if isinstance(exc, m.ChannelClosed):  # it died: its exit status says how
+                        return settle(Failure(exc, self._discard(worker, kill=False)), call, where)
+                    self._drop(worker)  # killed in the background: the error is due now
+                    return settle(Failure(exc, ""), call, where)
                 healthy = frame[0] in KEEPS_WORKER
                 if not healthy:
                     self._discard(worker, kill=False)  # it exits by itself (TAINTED, FATAL)
@@ -541,13 +543,17 @@ class Pool(_Caller):
             body = m.loads(codec, payload)
         except BaseException as exc:
             chan.close()
-            status, killed = self._spawner.reap(new.pid, kill=True)
+            if not isinstance(exc, m.ChannelClosed):
+                self._spawner.kill(new.pid)  # no waiting: the error is due now
             if isinstance(exc, TimeoutError):
                 raise WorkerTimeoutError(f"the worker for {target.label} was not ready in time") from None
-            if isinstance(exc, (m.ChannelClosed, ProtocolError, SerializationError)):
+            if isinstance(exc, m.ChannelClosed):
+                status, killed = self._spawner.reap(new.pid)
                 raise WorkerStartError(
                     f"the worker for {target.label} died during start-up: {describe_status(status, killed)}"
                 ) from None
+            if isinstance(exc, (ProtocolError, SerializationError)):
+                raise WorkerStartError(f"the worker for {target.label} sent garbage at start-up: {exc}") from None
             raise
         if kind == m.JOIN_FAILED and request_id == 0 and isinstance(body, m.JoinFailed):
             chan.close()
@@ -571,6 +577,13 @@ class Pool(_Caller):
         link.chan.close()
         status, killed = self._spawner.reap(worker.pid, kill=kill)
         return describe_status(status, killed)
+
+    def _drop(self, worker: Worker) -> None:
+        """Drop a worker whose channel is out of step: close it, have it killed, wait for nothing."""
+        self._sched.release(worker, healthy=False)
+        link: _Link = worker.conn
+        link.chan.close()
+        self._spawner.kill(worker.pid)
 
     def _stop(self, worker: Worker) -> None:
         """Stop an idle worker politely: it exits on STOP (or EOF)."""

@@ -64,6 +64,8 @@ class Spawner(Protocol):
 
     def reap(self, pid: int, kill: bool = False) -> tuple[int | None, bool]: ...
 
+    def kill(self, pid: int) -> None: ...
+
     def forget(self, pid: int) -> None: ...
 
     def close(self) -> None: ...
@@ -189,7 +191,7 @@ class _Connection:
                     close_all(*fds)
                     fds = []
                     if isinstance(reply, Spawned):
-                        self._reap_abandoned(reply.pid)
+                        self.kill_and_forget(reply.pid)
                         reply = RequestFailed(
                             reply.request_id,
                             errno.EMFILE,
@@ -221,9 +223,10 @@ class _Connection:
         """A reply its caller gave up on: close what it brought, and end a worker nobody will use."""
         close_all(*fds)
         if isinstance(reply, Spawned):
-            self._reap_abandoned(reply.pid)
+            self.kill_and_forget(reply.pid)
 
-    def _reap_abandoned(self, pid: int | None) -> None:
+    def kill_and_forget(self, pid: int | None) -> None:
+        """Have worker *pid* killed and reaped; nobody waits for the answer."""
         if pid is None:
             return
         self.pids.discard(pid)
@@ -454,6 +457,13 @@ class ZygoteSpawner:
             return reply.status, reply.killed
         return None, False
 
+    def kill(self, pid: int) -> None:
+        """Have worker *pid* killed and reaped without waiting: a caller past its deadline must not wait for it."""
+        with self._lock:
+            conn = self._owner.pop(pid, None)
+        if conn is not None:
+            conn.kill_and_forget(pid)
+
     def forget(self, pid: int) -> None:
         """A worker exited normally; its status is of no interest."""
         with self._lock:
@@ -527,6 +537,9 @@ class ForkSpawner:
                 return None, False
             self._pids.discard(pid)
         return reap_child(pid, kill)
+
+    def kill(self, pid: int) -> None:
+        self.reap(pid, kill=True)  # our child: SIGKILL, then a waitpid that returns at once
 
     def forget(self, pid: int) -> None:
         # Our own child: it must still be waited for, or it stays a zombie.

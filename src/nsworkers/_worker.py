@@ -167,6 +167,8 @@ def _spare(sock: socket.socket, parent_pid: int) -> int:
     if not msg:
         return 0  # the zygote no longer needs us
     assignment: SpareAssignment = pickle.loads(msg)
+    if len(fds) != len(assignment.targets) + 2:
+        return 1  # not what the zygote sends: its request fails as a start-up crash
     targets = [(fds[t.fd_index], t.flag, t.type_name, t.ident) for t in assignment.targets]
     set_name("nsw-worker")
     return _start((fds[-2], fds[-1]), targets, assignment.native)

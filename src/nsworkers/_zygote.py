@@ -187,6 +187,7 @@ class _Zygote:
             finally:
                 os._exit(70)
         self.live.add(pid)
+        self.statuses.pop(pid, None)  # an earlier process's status under a reused pid
         return pid, pidfd
 
     def fork_spare(self) -> None:
@@ -210,6 +211,7 @@ class _Zygote:
                 os._exit(70)
         theirs.close()
         self.live.add(pid)
+        self.statuses.pop(pid, None)  # an earlier process's status under a reused pid
         self.spares.append(_Spare(pid, ours, pidfd))
 
     def hand_to_spare(self, request: SpawnRequest, fds: list[int], theirs: tuple[int, int]) -> tuple[int, int]:
@@ -232,12 +234,15 @@ class _Zygote:
         pid = request.pid
         old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
         try:
-            if pid in self.statuses:
-                status: int | None = self.statuses.pop(pid)
-                killed = False
-            elif pid in self.live:
+            # Live first: a status kept for an earlier process with this pid (pids wrap) must not
+            # answer for the one running now.
+            if pid in self.live:
                 status, killed = reap_child(pid, request.kill)
                 self.live.discard(pid)
+                self.statuses.pop(pid, None)
+            elif pid in self.statuses:
+                status = self.statuses.pop(pid)
+                killed = False
             else:
                 status, killed = None, False
         finally:
@@ -325,7 +330,9 @@ def zygote_main(ctl_fd: int) -> None:
     ctl = socket.socket(fileno=ctl_fd)
     _worker.set_name("nsw-zygote")
     config = pickle.loads(ctl.recv(CONTROL_BUFFER))
-    assert isinstance(config, ZygoteConfig)
+    if not isinstance(config, ZygoteConfig):
+        ctl.sendall(pickle.dumps(ZygoteFailed(f"expected a ZygoteConfig, got {type(config).__name__}")))
+        return
     sys.path[:] = config.sys_path
     try:
         for name in ("nsworkers._worker", "nsworkers._messages", *config.preload):
