@@ -38,7 +38,8 @@ def pytest_configure(config: pytest.Config) -> None:
 
     private_tmp = tempfile.mkdtemp(prefix="nsw-userns-")  # /tmp/pytest-of-root may belong to the real root
     env = dict(os.environ, NSW_TEST_USERNS="1", TMPDIR=private_tmp, PYTEST_DEBUG_TEMPROOT=private_tmp)
-    script = 'mount -t tmpfs nsw-run /run && exec "$@"'
+    # The new network namespace starts with lo down: tests that serve on 127.0.0.1 need it up.
+    script = 'ip link set lo up && mount -t tmpfs nsw-run /run && exec "$@"'
     args = [str(a) for a in config.invocation_params.args]
     capture = config.pluginmanager.getplugin("capturemanager")
     if capture is not None:

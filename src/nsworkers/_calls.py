@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import types
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 from . import _messages as m
 from .errors import (
@@ -88,12 +88,14 @@ class Call:
         return getattr(self.fn, "__qualname__", None) or repr(self.fn)
 
 
-class Where(NamedTuple):
-    """Which worker a call went to, for messages."""
+class Where(Protocol):
+    """Which worker a call went to, for messages (the scheduler's ``Worker`` is one)."""
 
-    pid: int
-    label: str  #: the target as first named
-    timeout: float | None
+    @property
+    def pid(self) -> int: ...
+
+    @property
+    def label(self) -> str: ...  #: the target as first named
 
 
 class Failure(NamedTuple):
@@ -109,7 +111,7 @@ KEEPS_WORKER = frozenset((m.OK, m.RAISED, m.RAISED_RAW, m.UNSENDABLE, m.UNLOADAB
 REPLY_KINDS = KEEPS_WORKER | {m.TAINTED, m.FATAL}
 
 
-def settle(outcome: m.Frame | Failure, call: Call, where: Where) -> Any:
+def settle(outcome: m.Frame | Failure, call: Call, where: Where, timeout: float | None) -> Any:
     """Turn a reply frame into the call's result, or a reply or a failure into the typed error it means.
 
     The only place that decides what the caller sees: the callable's own
@@ -120,7 +122,7 @@ def settle(outcome: m.Frame | Failure, call: Call, where: Where) -> Any:
         error = outcome.error
         if isinstance(error, TimeoutError):
             raise WorkerTimeoutError(
-                f"{call.name}() in {where.label} did not finish within {where.timeout}s; worker {where.pid} was killed"
+                f"{call.name}() in {where.label} did not finish within {timeout}s; worker {where.pid} was killed"
             ) from None
         if isinstance(error, m.ChannelClosed):
             raise WorkerCrashedError(
@@ -149,7 +151,7 @@ def settle(outcome: m.Frame | Failure, call: Call, where: Where) -> Any:
         raise WorkerStateError(f"{call.name}() in {where.label}: {body}; the worker was discarded")
     if kind == m.FATAL:
         try:
-            settle((body.kind, 0, body.codec, body.payload), call, where)
+            settle((body.kind, 0, body.codec, body.payload), call, where, timeout)
         except BaseException as exc:
             raise WorkerCrashedError(
                 f"worker {where.pid} serving {where.label} hit {type(exc).__name__} in {call.name}(); "

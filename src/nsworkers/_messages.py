@@ -429,32 +429,31 @@ class Channel:
 
     def _wait(self, events: int, deadline: float | None) -> None:
         """Until our fd is ready for *events*: ChannelClosed if the worker exited first, TimeoutError at *deadline*."""
-        poller = self._poller
-        if poller is None:
-            poller = self._poller = select.poll()
-            if self.pidfd >= 0:
-                poller.register(self.pidfd, _POLLIN)
         fd = self.rfd if events == _POLLIN else self.wfd
         if fd < 0:
             raise ChannelClosed("the channel was closed")  # by the pool shutting down under us
-        poller.register(fd, events)  # (re-registering only updates the events)
-        try:
-            while True:
-                if deadline is None:
-                    timeout = None
-                else:
-                    remaining = deadline - _monotonic()
-                    if remaining <= 0:
-                        raise TimeoutError("timed out waiting for the worker")
-                    timeout = max(1, math.ceil(remaining * 1000))
-                ready = poller.poll(timeout)
+        poller = self._poller if events == _POLLIN else None
+        if poller is None:  # reads (every call) keep theirs; a write that must wait makes one
+            poller = select.poll()
+            poller.register(fd, events)
+            if self.pidfd >= 0:
+                poller.register(self.pidfd, _POLLIN)
+            if events == _POLLIN:
+                self._poller = poller
+        while True:
+            if deadline is None:
+                ready = poller.poll()
+            else:
+                remaining = deadline - _monotonic()
+                if remaining <= 0:
+                    raise TimeoutError("timed out waiting for the worker")
+                ready = poller.poll(max(1, math.ceil(remaining * 1000)))
                 if not ready:
                     continue  # re-check the deadline
-                if any(r_fd == fd for r_fd, _ in ready):
+            for ready_fd, _ in ready:
+                if ready_fd == fd:
                     return  # data (or EOF/error, which the read/write then reports)
-                raise ChannelClosed("the worker exited")
-        finally:
-            poller.unregister(fd)
+            raise ChannelClosed("the worker exited")
 
     # -- sending ------------------------------------------------------------
 

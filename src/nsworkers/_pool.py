@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 
 from . import _messages as m
 from . import _sys
-from ._calls import KEEPS_WORKER, REPLY_KINDS, Call, Failure, Where, settle
+from ._calls import KEEPS_WORKER, REPLY_KINDS, Call, Failure, settle
 from ._dispatch import Dispatcher, in_pool_thread, map_unordered
 from ._scheduler import BUSY, Reservation, Scheduler, Ticket, Worker
 from ._spawners import ForkSpawner, Spawner, ZygoteSpawner, describe_status
@@ -246,7 +246,8 @@ class Pool(_Caller):
     def _init_state(self) -> None:
         self._sched = Scheduler(self._max_workers, self._per_ns)
         self._dispatch = Dispatcher(self._execute, self._leave, self._per_ns, self._max_workers)
-        self._state = threading.Condition(threading.Lock())  # guards the call count and the flags below
+        self._state_lock = threading.Lock()
+        self._state = threading.Condition(self._state_lock)  # guards the call count and the flags below
         self._inflight = 0  # calls running or queued
         self._closing = False  # no new calls
         self._reaper: threading.Thread | None = None
@@ -295,7 +296,7 @@ class Pool(_Caller):
                 for remote_fd in remote:
                     taken.append(_sys.pidfd_getfd(link.chan.pidfd, worker.pid, remote_fd))
                 close = Call(_sys.close_fds, (remote,), {})  # the worker's copies go whatever happened
-                settle(self._exchange(worker, close, deadline), close, Where(worker.pid, worker.label, timeout))
+                settle(self._exchange(worker, close, deadline), close, worker, timeout)
             except BaseException:
                 for fd in taken:
                     os.close(fd)
@@ -365,13 +366,13 @@ class Pool(_Caller):
     # -- counting calls -------------------------------------------------------
 
     def _enter(self) -> None:
-        with self._state:
+        with self._state_lock:  # the lock itself, not the Condition: this is on every call's path
             if self._closing:
                 raise PoolClosedError("the pool is shut down")
             self._inflight += 1
 
     def _leave(self) -> None:
-        with self._state:
+        with self._state_lock:
             self._inflight -= 1
             if not self._inflight and self._closing:
                 self._state.notify_all()
@@ -426,7 +427,6 @@ class Pool(_Caller):
             for attempt in (0, 1):
                 if worker is None:
                     worker = self._acquire(target, deadline)
-                where = Where(worker.pid, worker.label, timeout)
                 try:
                     frame = self._exchange(worker, call, deadline)
                 except _Stale:
@@ -443,14 +443,14 @@ class Pool(_Caller):
                     # No reply, or one out of step: the channel is in an unknown state, so the worker goes
                     # (killed, unless it is already dying: then its own exit status says why).
                     if isinstance(exc, m.ChannelClosed):  # it died: its exit status says how
-                        return settle(Failure(exc, self._discard(worker, kill=False)), call, where)
+                        return settle(Failure(exc, self._discard(worker, kill=False)), call, worker, timeout)
                     self._drop(worker)  # killed in the background: the error is due now
-                    return settle(Failure(exc, ""), call, where)
+                    return settle(Failure(exc, ""), call, worker, timeout)
                 healthy = frame[0] in KEEPS_WORKER
                 if not healthy:
                     self._discard(worker, kill=False)  # it exits by itself (TAINTED, FATAL)
                 try:
-                    result = settle(frame, call, where)
+                    result = settle(frame, call, worker, timeout)
                     if hold is not None:
                         try:
                             result = hold(worker, result)

@@ -219,7 +219,7 @@ class Scheduler:
             worker.state = BUSY
             self._grant_locked(ticket, worker)
             return False
-        if any(t.slot.has_room(self.per_namespace) for t in self._waiting):
+        if self._waiting and any(t.slot.has_room(self.per_namespace) for t in self._waiting):
             self._remove_locked(worker)  # evicted: its room serves a starved caller
             self._grant_room_locked()
             return True
