@@ -41,6 +41,7 @@ from ._target import Key, TargetLike, resolve
 from ._target import Target as Resolved
 from .errors import (
     NamespaceJoinError,
+    NamespaceTypeError,
     PoolClosedError,
     ProtocolError,
     SerializationError,
@@ -63,6 +64,11 @@ _STOP_TIMEOUT = 1.0  # how long a polite STOP may take to write
 _REQUEST_IDS = 0xFFFFFFFF  # request ids are u32 on the wire; 0 is the worker's start-up reply
 
 
+#: How many calls this thread is inside: a signal handler calling shutdown(wait=True) there
+#: must not wait for the call it interrupted.
+_in_call = threading.local()
+
+
 class _Stale(Exception):
     """The request could not even be sent: the worker was already gone, so the call never started."""
 
@@ -70,12 +76,15 @@ class _Stale(Exception):
 class _Link:
     """The pool's side of one worker: its channel, the function numbers it keeps, the last request id."""
 
-    __slots__ = ("chan", "known", "last_id")
+    __slots__ = ("chan", "known", "last_id", "relayed")
 
-    def __init__(self, chan: m.Channel) -> None:
+    def __init__(self, chan: m.Channel, relayed: bool = False) -> None:
         self.chan = chan
         self.known: set[int] = set()
         self.last_id = 0
+        # A pid or time namespace was joined: the process serving calls is a child of the one
+        # we hold (see _worker._fork_into_children_namespaces), so its fds are not that one's.
+        self.relayed = relayed
 
 
 class WorkerInfo(NamedTuple):
@@ -291,6 +300,11 @@ class Pool(_Caller):
         def take(worker: Worker, reply: tuple[Any, list[int]]) -> tuple[Any, list[int]]:
             info, remote = reply
             link: _Link = worker.conn
+            if link.relayed:
+                raise NamespaceTypeError(
+                    f"cannot take fds from the worker for {worker.label}: a pid or time namespace puts it "
+                    "behind a relay process; leave those types out of the target"
+                )
             taken: list[int] = []
             try:
                 for remote_fd in remote:
@@ -334,15 +348,16 @@ class Pool(_Caller):
         With *wait*, block until queued and running calls finish; otherwise
         they finish in the background. *cancel_futures* cancels queued calls
         that have not started. Called from one of the pool's own threads (a
-        future's done-callback), it cannot wait for the calls of that
-        thread: it returns at once and the pool closes in the background.
+        future's done-callback) or from a signal handler that interrupted a
+        call of this pool, it cannot wait for that thread's own call: it
+        returns at once and the pool closes in the background.
         """
         with self._state:
             self._closing = True
             self._state.notify_all()
         if cancel_futures:
             self._dispatch.cancel_queued()
-        if wait and not in_pool_thread():
+        if wait and not in_pool_thread() and not getattr(_in_call, "depth", 0):
             self._finish()
         else:
             threading.Thread(target=self._finish, name="nsworkers-shutdown", daemon=True).start()
@@ -390,7 +405,7 @@ class Pool(_Caller):
         resolved = resolve(target)
         call = Call(fn, args, kwargs)
         self._enter()
-        return self._execute(resolved, call, timeout, self._sched.take_idle(resolved.key))
+        return self._execute(resolved, call, timeout, idle_first=True)
 
     def _submit(
         self,
@@ -414,22 +429,29 @@ class Pool(_Caller):
         target: Resolved,
         call: Call,
         timeout: float | None,
-        worker: Worker | None = None,
+        idle_first: bool = False,
         hold: Callable[[Worker, Any], Any] | None = None,
     ) -> Any:
         """Run one counted call to its end (``_enter`` was called; ``_leave`` is, here, once).
 
-        *worker*: an idle worker of the target the caller already took.
+        *idle_first*: try the one-lock-round idle path before the general one.
         *hold*: called with the worker and the result while the worker is still ours.
+        A signal's exception may arrive between any two lines: a worker is held
+        only inside the ``try`` that gives it back or drops it.
         """
+        worker: Worker | None = None
+        _in_call.depth = getattr(_in_call, "depth", 0) + 1
         try:
             deadline = None if timeout is None else _monotonic() + timeout
             for attempt in (0, 1):
-                if worker is None:
-                    worker = self._acquire(target, deadline)
                 try:
+                    if idle_first and not attempt:
+                        worker = self._sched.take_idle(target.key)
+                    if worker is None:
+                        worker = self._acquire(target, deadline)
                     frame = self._exchange(worker, call, deadline)
                 except _Stale:
+                    assert worker is not None
                     # It died while idle (killed, OOM, its zygote gone) before our request
                     # reached it: the call never started, so one retry on a fresh worker is safe.
                     status = self._discard(worker, kill=False)
@@ -440,6 +462,8 @@ class Pool(_Caller):
                     worker = None
                     continue
                 except BaseException as exc:
+                    if worker is None:
+                        raise  # no worker was ours yet (_acquire cleans up after itself)
                     # No reply, or one out of step: the channel is in an unknown state, so the worker goes
                     # (killed, unless it is already dying: then its own exit status says why).
                     if isinstance(exc, m.ChannelClosed):  # it died: its exit status says how
@@ -464,6 +488,7 @@ class Pool(_Caller):
                 return result
             raise AssertionError("unreachable")  # pragma: no cover
         finally:
+            _in_call.depth -= 1
             self._leave()
 
     def _exchange(self, worker: Worker, call: Call, deadline: float | None) -> m.Frame:
@@ -508,21 +533,35 @@ class Pool(_Caller):
 
     def _acquire(self, target: Resolved, deadline: float | None) -> Worker:
         got, evicted = self._sched.try_acquire(target.key, target.label)
-        for victim in evicted:
-            self._stop(victim)
-        if isinstance(got, Ticket):
-            got = self._sched.wait(got, deadline)
+        try:
+            for victim in evicted:
+                self._stop(victim)
+            if isinstance(got, Ticket):
+                got = self._sched.wait(got, deadline)
+        except BaseException:
+            if isinstance(got, Reservation):
+                self._sched.cancelled(got)
+            elif isinstance(got, Worker):
+                self._sched.release(got, healthy=True)
+            raise
         if isinstance(got, Worker):
             return got
         return self._fill(got, target, deadline)
 
     def _fill(self, reservation: Reservation, target: Resolved, deadline: float | None) -> Worker:
+        worker = None
         try:
             worker = self._start_worker(target, deadline)
+            self._sched.added(reservation, worker)
         except BaseException:
-            self._sched.cancelled(reservation)
+            if worker is not None and worker.slot is None:  # started, never filed: nobody will use it
+                worker.conn.chan.close()
+                self._spawner.kill(worker.pid)
+            if worker is None or worker.slot is None:
+                self._sched.cancelled(reservation)
+            else:
+                self._drop(worker)
             raise
-        self._sched.added(reservation, worker)
         self._start_reaper()
         return worker
 
@@ -563,7 +602,8 @@ class Pool(_Caller):
             chan.close()
             self._spawner.reap(new.pid, kill=True)
             raise ProtocolError(f"unexpected start-up reply (kind {kind}) from worker {new.pid}")
-        return Worker(new.pid, target.key, target.label, _Link(chan))
+        relayed = any(name in ("pid", "time") for name, _ in body.joined)
+        return Worker(new.pid, target.key, target.label, _Link(chan, relayed))
 
     def _give_back(self, worker: Worker) -> None:
         retire = self._max_tasks is not None and worker.calls >= self._max_tasks

@@ -21,6 +21,7 @@ NS_GET_PARENT = 0xB702
 NS_GET_NSTYPE = 0xB703
 
 PR_SET_PDEATHSIG = 1
+PR_SET_DUMPABLE = 4
 PR_SET_NAME = 15
 
 # openat2(2) resolve flags, include/uapi/linux/openat2.h

@@ -194,6 +194,9 @@ def _start(fds: tuple[int, int], targets: list[TargetSpec], native: tuple[str, .
         _caller_root = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         _callerfs.install(_caller_root)
 
+    # Not dumpable before anything is joined: a worker that joins a container's user namespace
+    # would otherwise be ptrace-able by the container's root, and the caller unpickles its replies.
+    _sys.prctl(_sys.PR_SET_DUMPABLE, 0)
     chan = Channel(*fds)
     failure = _join(targets)
     for t in targets:
