@@ -194,9 +194,12 @@ def _start(fds: tuple[int, int], targets: list[TargetSpec], native: tuple[str, .
         _caller_root = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         _callerfs.install(_caller_root)
 
-    # Not dumpable before anything is joined: a worker that joins a container's user namespace
-    # would otherwise be ptrace-able by the container's root, and the caller unpickles its replies.
-    _sys.prctl(_sys.PR_SET_DUMPABLE, 0)
+    # Not dumpable before anything is joined, if a user namespace will be: its credentials would
+    # then belong to the container's user namespace, whose root could ptrace it and forge the
+    # replies the caller unpickles. (Only then: a non-dumpable worker makes pidfd_getfd, and so
+    # Pool.socket() and the exporter, need CAP_SYS_PTRACE.)
+    if any(t[2] == "user" for t in targets):
+        _sys.prctl(_sys.PR_SET_DUMPABLE, 0)
     chan = Channel(*fds)
     failure = _join(targets)
     for t in targets:
