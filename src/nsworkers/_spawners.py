@@ -40,11 +40,9 @@ from ._messages import (
     channel_pipes,
 )
 from ._sys import recv_fds
+from ._target import Spec
 from ._zygote import close_all, reap_child
 from .errors import PoolClosedError, WorkerStartError, WorkerTimeoutError
-
-#: A namespace to join, caller side: (fd, CLONE_NEW* flag, type name, (dev, ino)).
-Spec = tuple[int, int, str, tuple[int, int]]
 
 _ZYGOTE_START_TIMEOUT = 30.0  # a zygote not ready by then is not coming (a fresh interpreter takes ~50 ms)
 _REAP_TIMEOUT = 5.0  # how long to wait for a worker's exit status before giving up on it
