@@ -1,4 +1,5 @@
-"""Build the sdist and the wheel, check their metadata (twine --strict) and that both ship LICENSE.
+"""Build the sdist and the wheel, check their metadata (twine --strict, SPDX
+license, project URLs, authors) and that both ship LICENSE.
 
 Run by ``tox -e pkg``: python .ci/check_dist.py OUTDIR
 """
@@ -32,6 +33,10 @@ def main() -> int:
         problems.append("py.typed missing from the wheel")
     if "License-Expression: MIT" not in metadata.splitlines():
         problems.append("no SPDX License-Expression: MIT in the wheel's METADATA")
+    if not any(line.startswith("Project-URL: Homepage, ") for line in metadata.splitlines()):
+        problems.append("no Project-URL in the wheel's METADATA")
+    if not any(line.startswith("Author") for line in metadata.splitlines()):
+        problems.append("no Author in the wheel's METADATA")
     for problem in problems:
         print(f"check_dist: {problem}", file=sys.stderr)
     print(f"check_dist: {sdists[0].name} and {wheels[0].name}: {'FAILED' if problems else 'ok'}")
