@@ -1,13 +1,23 @@
-"""The zygote's bookkeeping, driven in-process with a real child."""
+"""The zygote: its bookkeeping, driven in-process with a real child; what it learns, through a pool."""
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
+import itertools
 import os
 import pickle
 import signal
 import socket
+import sys
+import textwrap
 import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
+import pytest
+
+import nsworkers
 from nsworkers._messages import CONTROL_BUFFER, Reaped, ReapRequest
 from nsworkers._zygote import _Zygote
 
@@ -36,3 +46,116 @@ def test_a_status_kept_for_a_reused_pid_does_not_answer_for_the_live_process() -
             pass
         ours.close()
         theirs.close()
+
+
+# ---------------------------------------------------------------------------
+# A zygote that learns: the module of a callable is imported once in the zygote
+# (after a trial in a throw-away child), so later workers inherit it.
+
+
+def _write_module(directory: Path, name: str, source: str) -> None:
+    (directory / f"{name}.py").write_text(textwrap.dedent(source))
+
+
+@pytest.fixture
+def modules_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Path, str]]:
+    """A directory on sys.path (before the pool's zygote starts) for this test's modules; their name suffix."""
+    monkeypatch.syspath_prepend(str(tmp_path))
+    suffix = f"{os.getpid()}_{next(_unique)}"
+    yield tmp_path, suffix
+    for name in [n for n in sys.modules if n.endswith(suffix)]:
+        del sys.modules[name]
+
+
+_unique = itertools.count()
+
+
+def _modules_of_a_new_worker(pool: nsworkers.Pool, path: str) -> list[str]:
+    """What a worker forked now starts with: a builtin probe, so that the call itself imports nothing."""
+    loaded: list[str] = pool.run(path, eval, "sorted(__import__('sys').modules)")
+    return loaded
+
+
+def _zygote_threads(pool: nsworkers.Pool) -> int:
+    pid = pool._spawner.zygote_pid  # type: ignore[attr-defined]
+    return len(os.listdir(f"/proc/{pid}/task"))
+
+
+@pytest.mark.privileged
+def test_the_first_worker_already_inherits_its_callables_module(
+    modules_dir: tuple[Path, str], make_netns: Callable[[], str]
+) -> None:
+    directory, suffix = modules_dir
+    name = f"nswt_plain_{suffix}"
+    source = """
+        import os
+        IMPORTED_BY = os.getpid()
+
+        def who():
+            return IMPORTED_BY, os.getpid()
+        """
+    _write_module(directory, name, source)
+    module = importlib.import_module(name)
+    first, second = (f"/run/netns/{make_netns()}" for _ in range(2))
+    with nsworkers.Pool() as pool:
+        imported_by, worker = pool.run(first, module.who)
+        zygote = pool._spawner.zygote_pid  # type: ignore[attr-defined]
+        assert imported_by == zygote != worker  # imported before the very first worker was forked
+        assert name in _modules_of_a_new_worker(pool, second)
+        assert _zygote_threads(pool) == 1
+
+
+@pytest.mark.privileged
+def test_a_module_that_starts_a_thread_is_never_imported_into_the_zygote(
+    modules_dir: tuple[Path, str], make_netns: Callable[[], str]
+) -> None:
+    directory, suffix = modules_dir
+    name = f"nswt_threads_{suffix}"
+    source = """
+        import os, threading
+        stop = threading.Event()
+        threading.Thread(target=stop.wait, daemon=True).start()
+
+        def who():
+            return os.getpid()
+        """
+    _write_module(directory, name, source)
+    module = importlib.import_module(name)
+    first, second = (f"/run/netns/{make_netns()}" for _ in range(2))
+    try:
+        with nsworkers.Pool() as pool:
+            assert pool.run(first, module.who) > 0  # the call still works: the worker imports it itself
+            assert _zygote_threads(pool) == 1
+            assert name not in _modules_of_a_new_worker(pool, second)
+    finally:
+        module.stop.set()
+
+
+@pytest.mark.privileged
+def test_a_module_the_caller_loaded_from_another_file_is_not_learned(
+    modules_dir: tuple[Path, str], tmp_path_factory: pytest.TempPathFactory, make_netns: Callable[[], str]
+) -> None:
+    directory, suffix = modules_dir
+    name = f"nswt_twin_{suffix}"
+    _write_module(directory, name, "def where():\n    return 'on sys.path'\n")
+    elsewhere = tmp_path_factory.mktemp("elsewhere") / f"{name}.py"
+    elsewhere.write_text("def where():\n    return 'elsewhere'\n")
+    spec = importlib.util.spec_from_file_location(name, elsewhere)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    first, second = (f"/run/netns/{make_netns()}" for _ in range(2))
+    with nsworkers.Pool() as pool:
+        pool.run(first, module.where)
+        assert name not in _modules_of_a_new_worker(pool, second)
+
+
+@pytest.mark.privileged
+def test_inspect_with_a_plain_pool_teaches_its_zygote_the_netlink_modules(make_netns: Callable[[], str]) -> None:
+    first, second = (f"/run/netns/{make_netns()}" for _ in range(2))
+    with nsworkers.Pool() as pool:
+        (entry,) = nsworkers.inspect([first], pool=pool, attribution=False)
+        assert entry["ok"]
+        loaded = _modules_of_a_new_worker(pool, second)
+    assert "nsworkers.netlink" in loaded and "nsworkers.netlink._dumps" in loaded

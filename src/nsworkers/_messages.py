@@ -7,7 +7,11 @@ Data flow (one cold call, then warm ones)::
     Pool.run(target, fn, *args)
       resolve target -> key, fds
       scheduler: idle worker? ------------------------------------------------------------------+
-      no: SpawnRequest(id, targets) + ns fds  ==SEQPACKET==>                                    |
+      no: SpawnRequest(id, targets, learn)  ==SEQPACKET==>                                      |
+          + ns fds (learn: fn's module)  a module new here? a throw-away                        |
+                                     child imports it first; if that                            |
+                                     stayed harmless, import it here                            |
+                                     (later spares inherit it)                                  |
                                      hand the fds to a spare           SpareAssignment + fds    |
                                      (or fork one) ===================> join (nsenter order),   |
       <== Spawned(id, pid) + channel fds + pidfd                         verify /proc/self/ns   |
@@ -99,11 +103,19 @@ class SpawnRequest(NamedTuple):
     ``native`` names extension modules the worker imports before joining a
     mount namespace (the caller's own, see ``_spawners.native_modules``):
     after the join it can load no native code.
+
+    ``learn``: the module the callable comes from, with its parent packages,
+    as ``(name, file)`` pairs from the caller's ``sys.modules`` (see
+    ``_spawners.module_chain``). The zygote imports it before starting this
+    worker, if a throw-away child shows the import is harmless and resolves
+    to the same files (see ``_zygote.trial_import``), so that every later
+    worker inherits it.
     """
 
     request_id: int
     targets: tuple[TargetWire, ...]
     native: tuple[str, ...] = ()
+    learn: tuple[tuple[str, str], ...] = ()
 
 
 class Spawned(NamedTuple):

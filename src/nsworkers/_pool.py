@@ -448,7 +448,7 @@ class Pool(_Caller):
                     if idle_first and not attempt:
                         worker = self._sched.take_idle(target.key)
                     if worker is None:
-                        worker = self._acquire(target, deadline)
+                        worker = self._acquire(target, deadline, call.fn)
                     frame = self._exchange(worker, call, deadline)
                 except _Stale:
                     assert worker is not None
@@ -531,7 +531,7 @@ class Pool(_Caller):
 
     # -- workers --------------------------------------------------------------
 
-    def _acquire(self, target: Resolved, deadline: float | None) -> Worker:
+    def _acquire(self, target: Resolved, deadline: float | None, fn: object = None) -> Worker:
         got, evicted = self._sched.try_acquire(target.key, target.label)
         try:
             for victim in evicted:
@@ -546,12 +546,12 @@ class Pool(_Caller):
             raise
         if isinstance(got, Worker):
             return got
-        return self._fill(got, target, deadline)
+        return self._fill(got, target, deadline, fn)
 
-    def _fill(self, reservation: Reservation, target: Resolved, deadline: float | None) -> Worker:
+    def _fill(self, reservation: Reservation, target: Resolved, deadline: float | None, fn: object) -> Worker:
         worker = None
         try:
-            worker = self._start_worker(target, deadline)
+            worker = self._start_worker(target, deadline, fn)
             self._sched.added(reservation, worker)
         except BaseException:
             if worker is not None and worker.slot is None:  # started, never filed: nobody will use it
@@ -565,10 +565,11 @@ class Pool(_Caller):
         self._start_reaper()
         return worker
 
-    def _start_worker(self, target: Resolved, deadline: float | None) -> Worker:
+    def _start_worker(self, target: Resolved, deadline: float | None, fn: object) -> Worker:
+        """A new worker joined to *target*; *fn* (its first callable) tells the zygote which module to learn."""
         specs = target.open_specs()
         try:
-            new = self._spawner.spawn(specs, deadline)
+            new = self._spawner.spawn(specs, deadline, fn)
         except WorkerTimeoutError as exc:
             raise WorkerTimeoutError(f"no worker for {target.label} could be started in time: {exc}") from None
         finally:

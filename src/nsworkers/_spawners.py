@@ -14,6 +14,7 @@ is killed and reaped) instead of handing it to the next caller.
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import pickle
 import select
@@ -23,6 +24,7 @@ import subprocess
 import sys
 import threading
 import time
+import types
 from typing import NamedTuple, Protocol
 
 from ._messages import (
@@ -37,6 +39,7 @@ from ._messages import (
     ZygoteFailed,
     ZygoteReady,
     ZygoteReply,
+    by_value,
     channel_pipes,
 )
 from ._sys import recv_fds
@@ -58,7 +61,7 @@ class NewWorker(NamedTuple):
 
 
 class Spawner(Protocol):
-    def spawn(self, specs: list[Spec], deadline: float | None) -> NewWorker: ...
+    def spawn(self, specs: list[Spec], deadline: float | None, fn: object = None) -> NewWorker: ...
 
     def reap(self, pid: int, kill: bool = False) -> tuple[int | None, bool]: ...
 
@@ -119,6 +122,7 @@ class _Connection:
         self.lock = threading.Lock()  # guards waiters and alive; never held while blocking
         self.waiters: dict[int, _Waiter] = {}
         self.pids: set[int] = set()
+        self.offered: set[str] = set()  # modules this zygote was asked to learn (it remembers its answer)
         self.reader = threading.Thread(target=self._read_replies, name="nsworkers-zygote-reader", daemon=True)
 
     # -- requests -----------------------------------------------------------
@@ -136,6 +140,15 @@ class _Connection:
                 self.waiters.pop(message.request_id, None)
             raise
         return waiter
+
+    def offer(self, fn: object) -> tuple[tuple[str, str], ...]:
+        """What a spawn request for *fn* asks the zygote to learn: its module, the first time only."""
+        name = module_of(fn)
+        if name is None or name in self.offered or len(self.offered) >= _MAX_OFFERED:
+            return ()
+        with self.lock:
+            self.offered.add(name)
+        return module_chain(name)
 
     def _send(self, data: bytes, fds: list[int], deadline: float | None) -> None:
         while True:
@@ -281,6 +294,41 @@ def native_modules() -> tuple[str, ...]:
     )
 
 
+def module_of(fn: object) -> str | None:
+    """The module a worker imports to load *fn* when pickle sends it by reference; None for code sent by value."""
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    if isinstance(fn, types.MethodType):
+        fn = fn.__func__
+    if not isinstance(fn, (types.FunctionType, types.BuiltinFunctionType, type)):
+        fn = type(fn)  # a callable instance: its class
+    if by_value(fn):
+        return None
+    name = getattr(fn, "__module__", None)
+    return name if isinstance(name, str) and name != "__main__" else None
+
+
+def module_chain(name: str) -> tuple[tuple[str, str], ...]:
+    """``(module, file)`` for *name* and its parent packages, as loaded here; () if one has no file.
+
+    The zygote learns a module only if it finds each of these at the same
+    file (``SpawnRequest.learn``): a module the caller loaded from elsewhere
+    than its ``sys.path`` says, or a built-in one, is not learned.
+    """
+    parts = name.split(".")
+    chain = []
+    for end in range(1, len(parts) + 1):
+        part = ".".join(parts[:end])
+        spec = getattr(sys.modules.get(part), "__spec__", None)
+        origin = getattr(spec, "origin", None)
+        if not getattr(spec, "has_location", False) or not isinstance(origin, str):
+            return ()
+        chain.append((part, origin))
+    return tuple(chain)
+
+
+_MAX_OFFERED = 256  # modules one zygote is asked to learn (it learns at most _zygote._MAX_LEARNED)
+
 _ids = iter(range(1, 1 << 62))
 _ids_lock = threading.Lock()
 
@@ -406,14 +454,17 @@ class ZygoteSpawner:
         conn.reader.start()
         return conn
 
-    def spawn(self, specs: list[Spec], deadline: float | None) -> NewWorker:
-        """Start a worker joined to *specs* (their fds are the caller's to close)."""
+    def spawn(self, specs: list[Spec], deadline: float | None, fn: object = None) -> NewWorker:
+        """Start a worker joined to *specs* (their fds are the caller's to close) to run *fn* first.
+
+        *fn*'s module is offered to the zygote to learn (``SpawnRequest.learn``).
+        """
         targets = tuple(TargetWire(i, flag, name, ident) for i, (_, flag, name, ident) in enumerate(specs))
         fds = [spec[0] for spec in specs]
         for attempt in (0, 1):  # one retry with a fresh zygote if the old one died
             conn = self._connection(deadline)
             native = native_modules() if any(t.type_name == "mnt" for t in targets) else ()
-            request = SpawnRequest(_next_id(), targets, native)
+            request = SpawnRequest(_next_id(), targets, native, conn.offer(fn))
             try:
                 waiter = conn.request(request, fds, deadline)
                 reply, got = conn.wait(request.request_id, waiter, deadline)
@@ -502,7 +553,7 @@ class ForkSpawner:
     def pids(self) -> list[int]:
         return list(self._pids)
 
-    def spawn(self, specs: list[Spec], deadline: float | None) -> NewWorker:
+    def spawn(self, specs: list[Spec], deadline: float | None, fn: object = None) -> NewWorker:
         from . import _worker
 
         ours, theirs = channel_pipes()

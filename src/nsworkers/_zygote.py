@@ -1,11 +1,19 @@
 """The zygote: a small single-threaded fork server (its caller-side client is ``_spawners.ZygoteSpawner``).
 
 It runs in a fresh interpreter and imports only what a worker needs: this
-module, ``_worker``, ``_messages`` and the pool's *preload* list. Above all it
+module, ``_worker``, ``_messages``, the pool's *preload* list, and the modules
+it *learns*: the module of a callable a spawn request names (``SpawnRequest.learn``)
+is imported here before that worker starts, so that it and every later worker
+inherit it instead of importing it each (``_Zygote.learn``). Only after a
+throw-away child imported it and stayed single-threaded, childless, with no
+new fd or signal handler, and from the same files as in the caller
+(:func:`trial_import`); refusals are remembered. Of our own modules, it
 must not import ``threading`` (nor ``logging`` or ``subprocess``, which do):
 a module that registers an at-fork hook runs Python code in every forked
 worker, which touched about 130 more copy-on-write pages per worker here.
-The caller's side of the package (pool, spawners) is never imported here.
+(A learned user module may import it: that costs less than importing the
+module in every worker.) The caller's side of the package (pool, spawners)
+is never imported here.
 
 It serves the records of ``_messages`` one at a time: a :class:`SpawnRequest`
 is answered by :class:`Spawned` (with the caller's channel ends and a pidfd of
@@ -32,7 +40,7 @@ import sys
 import time
 from typing import Any
 
-from . import _worker
+from . import _sys, _worker
 from ._messages import (
     CONTROL_BUFFER,
     Reaped,
@@ -51,6 +59,10 @@ from ._sys import recv_fds
 _MAX_STATUSES = 4096
 _EXIT_GRACE = 1.0  # seconds a worker that closed its channel (or was killed) gets to finish exiting
 _MAX_PASSED_FDS = 16
+_MAX_LEARNED = 64  # modules the zygote imports for callables, beyond its preload
+_MAX_REFUSED = 1024  # modules remembered as not to be imported here (never tried again)
+_TRIAL_TIMEOUT = 5.0  # seconds a trial import may take; slower ones are not worth learning
+_PR_SET_CHILD_SUBREAPER = 36
 
 
 def close_all(*fds: int) -> None:
@@ -112,6 +124,106 @@ def fork_with_pidfd() -> tuple[int, int]:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
+def _origin(name: str) -> str | None:
+    spec = getattr(sys.modules.get(name), "__spec__", None)
+    origin = getattr(spec, "origin", None)
+    return origin if isinstance(origin, str) else None
+
+
+def _trial(chain: tuple[tuple[str, str], ...]) -> int:
+    """In the throw-away child: import the module; 0 if that left this process as it was, else why not.
+
+    Harmless means: it imported, from the same files as in the caller, and
+    left no thread, no child process (we are a subreaper, so grandchildren
+    count too), no open fd and no signal handler behind it. An import that
+    does any of these would do it in the zygote, and every worker after it.
+    """
+    _signal.signal(_signal.SIGCHLD, _signal.SIG_DFL)  # the zygote's handler would reap what we look for
+    try:
+        _sys.prctl(_PR_SET_CHILD_SUBREAPER, 1)
+    except OSError:
+        pass
+    fds = sorted(os.listdir("/proc/self/fd"))
+    handlers = [_signal.getsignal(signum) for signum in _worker._CATCHABLE]
+    try:
+        importlib.import_module(chain[-1][0])
+    except BaseException:
+        return 1
+    if any(_origin(name) != origin for name, origin in chain):
+        return 2
+    if len(os.listdir("/proc/self/task")) != 1:
+        return 3
+    try:
+        os.waitpid(-1, os.WNOHANG)
+        return 4  # a child, running or exited
+    except ChildProcessError:
+        pass
+    if sorted(os.listdir("/proc/self/fd")) != fds:
+        return 5
+    if [_signal.getsignal(signum) for signum in _worker._CATCHABLE] != handlers:
+        return 6
+    return 0
+
+
+#: What a trial's exit code means.
+TRIAL_VERDICTS = {
+    1: "its import failed",
+    2: "it resolves to other files here than in the caller",
+    3: "its import started a thread",
+    4: "its import started a process",
+    5: "its import left a file descriptor open",
+    6: "its import changed a signal handler",
+}
+
+
+def trial_import(chain: tuple[tuple[str, str], ...], timeout: float = _TRIAL_TIMEOUT) -> str | None:
+    """Import ``chain[-1]`` in a throw-away child of this process; None if harmless (see :func:`_trial`), else why not.
+
+    SIGCHLD stays blocked throughout, so our handler cannot reap the child
+    before we read its verdict. A child still importing at *timeout* is killed.
+    """
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
+    try:
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - runs in the throw-away child
+            code = 70
+            try:
+                code = _trial(chain)
+            finally:
+                os._exit(code)
+        deadline = time.monotonic() + timeout
+        status = None
+        try:
+            pidfd = os.pidfd_open(pid)
+        except OSError:
+            pidfd = -1
+        try:
+            while status is None:
+                done, wait_status = os.waitpid(pid, os.WNOHANG)
+                if done:
+                    status = wait_status
+                    break
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    os.kill(pid, signal.SIGKILL)
+                    status = os.waitpid(pid, 0)[1]
+                    return "its import did not finish in time"
+                if pidfd >= 0:
+                    poller = select.poll()
+                    poller.register(pidfd, select.POLLIN)
+                    poller.poll(max(1, int(remaining * 1000)))
+                else:
+                    time.sleep(0.001)
+        finally:
+            close_all(pidfd)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+    if os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0:
+        return None
+    code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else -1
+    return TRIAL_VERDICTS.get(code, f"the trial ended with wait status {status:#x}")
+
+
 class _Spare:
     __slots__ = ("pid", "pidfd", "sock")
 
@@ -133,6 +245,8 @@ class _Zygote:
         self.statuses: collections.OrderedDict[int, int] = collections.OrderedDict()
         self.want_spares = spares
         self.spares: collections.deque[_Spare] = collections.deque()
+        self.learned: set[str] = set()
+        self.refused: dict[str, str] = {}  # module -> why it is not imported here
 
     def on_sigchld(self, signum: int, frame: object) -> None:
         while True:
@@ -147,11 +261,47 @@ class _Zygote:
             while len(self.statuses) > _MAX_STATUSES:
                 self.statuses.popitem(last=False)
 
+    def learn(self, chain: tuple[tuple[str, str], ...]) -> bool:
+        """Import the module a callable came from (``chain[-1]``, parents first) so later workers inherit it.
+
+        Only if a throw-away child showed the import harmless (:func:`trial_import`);
+        a refusal is remembered and never tried again, and at most ``_MAX_LEARNED``
+        modules are learned. True if something new was imported here.
+        Never raises: a failure to learn only costs the worker its own import.
+        """
+        if not chain or not all(isinstance(part, str) and isinstance(origin, str) for part, origin in chain):
+            return False
+        name = chain[-1][0]
+        if name in self.learned or name in self.refused or name == "__main__":
+            return False
+        if all(_origin(part) == origin for part, origin in chain):
+            self.learned.add(name)  # already here (a preload, or a parent of one)
+            return False
+        if len(self.learned) >= _MAX_LEARNED:
+            return False
+        why = trial_import(chain)
+        if why is None:
+            try:
+                importlib.import_module(name)
+            except BaseException as exc:  # the trial passed: should not happen
+                why = f"its import failed here: {exc!r}"
+        if why is not None:
+            if len(self.refused) < _MAX_REFUSED:
+                self.refused[name] = why
+            return False
+        self.learned.add(name)
+        gc.freeze()  # as at start: what workers inherit stays shared
+        return True
+
     def spawn(self, request: SpawnRequest, fds: list[int]) -> None:
         if len(fds) != len(request.targets):
             close_all(*fds)
             self.reply(RequestFailed(request.request_id, errno.EINVAL, f"expected {len(request.targets)} fds"))
             return
+        if request.learn and self.learn(request.learn):
+            # Spares forked before lack the module; a fresh fork is cheaper than their import.
+            while self.spares:
+                self.spares.popleft().close()  # EOF: it exits, our SIGCHLD handler reaps it
         ours, theirs = channel_pipes()
         try:
             if self.want_spares:
