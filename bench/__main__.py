@@ -262,8 +262,11 @@ _COLD = """
 import os, sys, threading, time, json, statistics
 import nsworkers
 ballast_mb, threads, method, spares = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
-paths = sys.argv[5:]
-ballast = bytearray(os.urandom(1 << 20)) * ballast_mb  # touched, resident memory
+heap, paths = sys.argv[5], sys.argv[6:]
+if heap == "objects":  # a realistic large heap: ~1 KB records, each a dict the GC tracks
+    ballast = [{"id": i, "data": bytes(1000)} for i in range(ballast_mb * 1000)]
+else:
+    ballast = bytearray(os.urandom(1 << 20)) * ballast_mb  # one buffer: touched, resident memory
 stop = threading.Event()
 for _ in range(threads):
     threading.Thread(target=stop.wait, daemon=True).start()
@@ -283,18 +286,19 @@ print(json.dumps(times))
 
 def bench_p2(spaces: Namespaces, reps: int, count: int) -> list[dict[str, Any]]:
     configs = {
-        "zygote, small caller": (0, 0, "zygote", 1),
-        "zygote, 500 MB + 50 threads caller": (500, 50, "zygote", 1),
-        "zygote without spares, small caller": (0, 0, "zygote", 0),
-        "fork, small caller": (0, 0, "fork", 0),
-        "fork, 500 MB + 50 threads caller": (500, 50, "fork", 0),
+        "zygote, small caller": (0, 0, "zygote", 1, "buffer"),
+        "zygote, 500 MB + 50 threads caller": (500, 50, "zygote", 1, "buffer"),
+        "zygote, 500k objects + 50 threads caller": (500, 50, "zygote", 1, "objects"),
+        "zygote without spares, small caller": (0, 0, "zygote", 0, "buffer"),
+        "fork, small caller": (0, 0, "fork", 0, "buffer"),
+        "fork, 500 MB + 50 threads caller": (500, 50, "fork", 0, "buffer"),
     }
     samples: dict[str, list[float]] = {name: [] for name in configs}
     for _ in range(reps):
-        for name, (mb, threads, method, spares) in configs.items():
+        for name, (mb, threads, method, spares, heap) in configs.items():
             paths = spaces.make(count + 1)
             out = subprocess.run(
-                [sys.executable, "-c", _COLD, str(mb), str(threads), method, str(spares), *paths],
+                [sys.executable, "-c", _COLD, str(mb), str(threads), method, str(spares), heap, *paths],
                 capture_output=True,
                 text=True,
                 check=True,
@@ -381,11 +385,17 @@ def bench_snapshots(spaces: Namespaces, reps: int, sizes: list[int]) -> list[dic
             "in-process setns loop (unsafe)": functools.partial(snap_setns_loop, paths),
         }
         samples: dict[str, list[float]] = {name: [] for name in cold}
+        plain = "nsworkers inspect(pool=Pool()) (a user's pool)"
+        samples[plain] = []
         for _ in range(reps):
             for name, fn in cold.items():
                 start = time.perf_counter()
                 fn()
                 samples[name].append(time.perf_counter() - start)
+            with nsworkers.Pool() as user_pool:  # made before the timing, as a user already has one
+                start = time.perf_counter()
+                snap_nsworkers(paths, user_pool)
+                samples[plain].append(time.perf_counter() - start)
         rows += _rows(f"P3 cold snapshot of {size} namespaces (links+addresses+routes)", samples,
                       "nsworkers inspect() (new pool)", "s")  # fmt: skip
         with nsworkers.Pool(max_workers=size + 8, idle_timeout=None, preload=("nsworkers.netlink",)) as pool:
