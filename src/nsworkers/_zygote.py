@@ -490,6 +490,7 @@ def zygote_main(ctl_fd: int) -> None:
     except BaseException as exc:
         ctl.sendall(pickle.dumps(ZygoteFailed(f"preloading {name!r} failed: {exc!r}")))
         return
+    _sys.prepare_namespace_filter()  # every worker installs it: built once here
     zygote = _Zygote(ctl, config.spares)
     signal.signal(signal.SIGCHLD, zygote.on_sigchld)
     # Freeze the heap: objects inherited by workers are never touched by their GC,
