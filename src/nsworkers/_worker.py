@@ -60,6 +60,7 @@ from ._messages import (
     RaisedRaw,
     Ready,
     SpareAssignment,
+    TargetWire,
     dumps,
     loads,
 )
@@ -89,10 +90,10 @@ def spare_main(sock: socket.socket, parent_pid: int) -> NoReturn:
     """Entry point of a spare: a worker forked ahead of need, before its namespaces are known.
 
     It does everything that does not depend on the target (death signal,
-    name, signals, fds), then waits on *sock* for one assignment -- the
-    target specs, with the namespace fds and its channel ends by
-    ``SCM_RIGHTS`` -- and from there is an ordinary worker. EOF:
-    not needed after all.
+    name, signals, fds), rehearses the rest (:func:`_rehearse`), then waits
+    on *sock* for one assignment -- the target specs, with the namespace fds
+    and its channel ends by ``SCM_RIGHTS`` -- and from there is an ordinary
+    worker. EOF: not needed after all.
     """
     _exit_with(lambda: _spare(sock, parent_pid))
 
@@ -162,6 +163,7 @@ def reset_signals() -> None:
 def _spare(sock: socket.socket, parent_pid: int) -> int:
     if not _prepare(parent_pid, True, {sock.fileno()}, "nsw-spare"):
         return 1
+    _rehearse()
     msg, fds, _, _ = _sys.recv_fds(sock, 1 << 16, 2 + _MAX_TARGETS)
     sock.close()
     if not msg:
@@ -172,6 +174,35 @@ def _spare(sock: socket.socket, parent_pid: int) -> int:
     targets = [(fds[t.fd_index], t.flag, t.type_name, t.ident) for t in assignment.targets]
     set_name("nsw-worker")
     return _start((fds[-2], fds[-1]), targets, assignment.native)
+
+
+def _rehearse() -> None:
+    """While a spare waits for work: go through what a worker's start will do, short of doing it.
+
+    A spare shares its pages with the zygote, copy-on-write: the first write
+    to each one (a reference count is enough) copies it. A worker's start
+    touches a few hundred of them; done here, while nobody waits, those copies
+    are off the cold call's path. Nothing here has an effect outside this
+    process.
+    """
+    try:
+        pickle.loads(pickle.dumps(SpareAssignment((TargetWire(0, 0, "net", (0, 0)),), ()), protocol=5))
+        loads(*dumps(Ready(0, [("net", (0, 0))])))
+        loads(*dumps((0, (), {}, None)))
+        dumps(None, main_by_name=True, contain=True)
+        Channel(-1, -1).close()
+        ns_dir = os.open("/proc/self/ns", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.stat("net", dir_fd=ns_dir)
+        finally:
+            os.close(ns_dir)
+        try:
+            _sys.setns(-1, 0)  # EBADF: the call path without the call
+        except (OSError, ValueError):
+            pass
+        _sys.rehearse_namespace_filter()
+    except Exception:  # pragma: no cover - only an optimization
+        pass
 
 
 def _main(

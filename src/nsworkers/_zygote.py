@@ -49,6 +49,7 @@ from ._messages import (
     SpareAssignment,
     Spawned,
     SpawnRequest,
+    TargetWire,
     ZygoteConfig,
     ZygoteFailed,
     ZygoteReady,
@@ -434,6 +435,8 @@ class _Zygote:
                     self.fork_spare()
                 except OSError:
                     self.want_spares = len(self.spares)  # cannot fork now: fork on demand instead
+                if len(self.spares) >= self.want_spares and not pending.poll(0):
+                    _rehearse()
                 continue
             try:
                 data, fds, _flags, _addr = recv_fds(self.ctl, CONTROL_BUFFER, _MAX_PASSED_FDS)
@@ -454,6 +457,19 @@ class _Zygote:
             else:
                 rid = getattr(request, "request_id", -1)
                 self.reply(RequestFailed(rid if isinstance(rid, int) else -1, errno.EPROTO, "unknown request"))
+
+
+def _rehearse() -> None:
+    """After forking: go through the request path's serialization, while no request waits.
+
+    A fork makes every page of ours copy-on-write again, so the next request
+    would copy each page it writes (reference counts are enough) while its
+    caller waits; written here, those pages are ours again beforehand.
+    """
+    targets = (TargetWire(0, 0, "net", (0, 0)),)
+    pickle.loads(pickle.dumps(SpawnRequest(0, targets, (), ())))
+    pickle.dumps(SpareAssignment(targets, ()))
+    pickle.dumps(Spawned(0, 0))
 
 
 def _reset_inherited_signals() -> None:
