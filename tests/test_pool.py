@@ -135,10 +135,23 @@ with nsworkers.Pool() as pool:
         print("caught", exc)
     print(isinstance(pool.run({netns!r}, make_point, 1), Point))
     print(type(pool.run({netns!r}, lambda p: p, Point(2))) is Point)
+    # sent once, then by number; a change to what it uses is sent again
+    print(*(pool.run({netns!r}, main_fn, "?") for _ in range(3)))
+    HELLO = "ho"
+    print(pool.run({netns!r}, main_fn, "?"), pool.run({netns!r}, main_fn, "?"))
+    def helper(x):
+        return x * 2
+    print(pool.run({netns!r}, main_fn, "?"))
+    def main_fn(x):
+        return "new" + x
+    print(pool.run({netns!r}, main_fn, "?"))
 """
     done = run_python(code)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == ["hi!", "7", "caught", "no", "True", "True"]
+    assert done.stdout.split() == [
+        *("hi!", "7", "caught", "no", "True", "True"),
+        *("hi?", "hi?", "hi?", "ho?", "ho?", "??", "new?"),
+    ]
 
 
 def keywords(**kwargs: int) -> dict[str, int]:
@@ -153,6 +166,9 @@ class Counter:
         return self.n
 
 
+SHARED: list[int] = [1]
+
+
 def replace_pid_in_worker() -> None:
     globals()["pid"] = lambda: -1  # rebinds this module's ``pid`` inside the worker only
 
@@ -164,16 +180,127 @@ def replace_pid_in_worker() -> None:
         (os.getpid, True),
         (int, True),
         (Counter, True),
-        (lambda: 1, False),
+        (lambda: 1, True),  # by value, from its second call
+        (lambda: [], True),  # a list display is fine: it is made per call
+        (lambda: SHARED.copy(), False),  # noqa: PLW0108 -- reads a list that can change unseen
         (Counter(), False),
         ([1].copy, False),
         (functools.partial(keywords, a=1), False),
         (Counter().__call__, False),
     ],
-    ids=["function", "builtin", "type", "class", "lambda", "instance", "bound-builtin", "partial", "method"],
+    ids=[
+        "function",
+        "builtin",
+        "type",
+        "class",
+        "lambda",
+        "lambda-list",
+        "lambda-reads-list",
+        "instance",
+        "bound-builtin",
+        "partial",
+        "method",
+    ],
 )
 def test_which_callables_are_named_by_number(fn: Callable[..., object], numbered: bool) -> None:
+    _calls.index_of(fn)  # code sent by value is numbered from its second call
     assert (_calls.index_of(fn) is not None) is numbered
+
+
+SCALE = 2
+scaled = lambda x: x * SCALE  # noqa: E731 -- a lambda goes by value, with the globals it reads
+
+
+def offset(x: int) -> int:
+    return x + 100
+
+
+add_offset = lambda x: offset(x) * SCALE  # noqa: E731
+
+
+def test_code_sent_by_value_goes_once_and_is_never_stale(pool: Pool, netns: str) -> None:
+    global SCALE, offset
+    assert [pool.run(netns, scaled, 3) for _ in range(3)] == [6, 6, 6]
+    index = _calls.index_of(scaled)
+    (worker,) = pool._sched.workers()
+    assert index is not None and index in worker.conn.known
+    assert len(_calls.Call(scaled, (3,), {}).payload) < 40  # the number, not the code
+    try:
+        SCALE = 5  # a global it reads, rebound
+        assert pool.run(netns, scaled, 3) == 15
+        assert pool.run(netns, scaled, 3) == 15
+        scaled.__code__ = (lambda x: x - SCALE).__code__  # its code, replaced
+        assert pool.run(netns, scaled, 3) == -2
+        assert [pool.run(netns, add_offset, 1) for _ in range(2)] == [505, 505]
+        offset = lambda x: x + 200  # noqa: E731 -- a function it calls, rebound
+        assert pool.run(netns, add_offset, 1) == 1005
+    finally:
+        SCALE = 2
+        scaled.__code__ = (lambda x: x * SCALE).__code__
+        offset = globals()["_offset"]
+
+
+_offset = offset
+
+
+def test_code_changed_while_it_is_pickled_goes_without_its_number() -> None:
+    global SCALE
+    _calls.index_of(scaled)
+    call = _calls.Call(scaled, (3,), {})
+    assert call.index is not None
+    try:
+        SCALE = 9  # rebound by another thread between the call's numbering and its pickling
+        codec, payload = call.registration()
+        assert call.index is None and (codec, payload) == (call.codec, call.payload)
+        assert _calls.m.loads(codec, payload)[3] is None  # the worker is not asked to keep it
+    finally:
+        SCALE = 2
+
+
+def test_defaults_and_closures_sent_by_value_are_never_stale(pool: Pool, netns: str) -> None:
+    def make() -> tuple[Callable[[], int], Callable[[int], None]]:
+        value = 1
+
+        def get(bonus: int = 0) -> int:
+            return value + bonus
+
+        def set_(new: int) -> None:
+            nonlocal value
+            value = new
+
+        return get, set_
+
+    get, set_ = make()
+    assert [pool.run(netns, get) for _ in range(3)] == [1, 1, 1]
+    set_(7)  # the closure cell, rebound
+    assert pool.run(netns, get) == 7
+    get.__defaults__ = (10,)
+    assert pool.run(netns, get) == 17
+    SHARED.append(2)
+    try:
+        reads_shared = lambda: len(SHARED)  # noqa: E731
+        assert [pool.run(netns, reads_shared) for _ in range(2)] == [2, 2]
+        SHARED.append(3)  # mutated in place: such a function is never numbered, so never stale
+        assert pool.run(netns, reads_shared) == 3
+        assert _calls.index_of(reads_shared) is None
+    finally:
+        del SHARED[1:]
+
+
+def test_code_made_per_call_or_always_changing_is_not_numbered(pool: Pool, netns: str) -> None:
+    global SCALE
+    before = _calls._next_index
+    made: list[Callable[[], int]] = [lambda i=i: i for i in range(20)]  # type: ignore[misc]
+    assert [pool.run(netns, fn) for fn in made] == list(range(20))  # a new function each time
+    assert _calls._next_index == before
+    try:
+        for i in range(_calls._MAX_CHANGES + 3):
+            SCALE = 10 + i
+            assert [pool.run(netns, scaled, 1) for _ in range(2)] == [SCALE, SCALE]
+        assert _calls.index_of(scaled) is None  # it changes every time: sent whole from now on
+        assert _calls._next_index <= before + _calls._MAX_CHANGES + 1
+    finally:
+        SCALE = 2
 
 
 def test_repeated_calls_name_the_function_by_number(pool: Pool, netns: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import types
+import weakref
 from collections.abc import Callable
 from typing import Any, NamedTuple, Protocol
 
@@ -22,30 +23,159 @@ _CACHEABLE = (types.FunctionType, types.BuiltinFunctionType, type)
 _MAX_INDEXED = 4096
 _fn_index: dict[Callable[..., Any], int] = {}
 _fn_index_lock = threading.Lock()
+#: Functions sent by value, seen once or numbered: (index or None, what they used, pinned).
+_by_value: weakref.WeakKeyDictionary[types.FunctionType, _Snapshot] = weakref.WeakKeyDictionary()
+_MAX_CHANGES = 3  # a function whose inputs change more often than this is sent whole every time
+_next_index = 0
 
 
 def index_of(fn: Callable[..., Any]) -> int | None:
-    """A process-wide number for a callable that pickle sends by reference, or None.
+    """A process-wide number for a callable the worker can keep, or None.
 
     A worker keeps the functions it has loaded by these numbers, so a repeated
     call names its function with a small int instead of ``module.qualname``
-    (about 1 us less per call on the two sides). Only what pickle would send
-    by name qualifies -- module-level functions, classes and module-level
-    builtins -- so reusing the worker's copy is the same as reloading it.
-    Anything carrying state (partials, bound methods, callable instances,
-    code sent by value) is pickled afresh on every call.
+    (about 1 us less per call on the two sides) or, for code sent by value,
+    instead of the whole code (a ``__main__`` function or a lambda: ~50x
+    less). What pickle sends by name qualifies -- module-level functions,
+    classes and module-level builtins -- so reusing the worker's copy is the
+    same as reloading it. A function sent by value qualifies from its second
+    call while everything it would carry is unchanged (:func:`_inputs`);
+    when its code, defaults, closure or a global it reads changes, it gets a
+    new number and so goes whole again: a worker never runs stale code.
+    Anything carrying other state (partials, bound methods, callable
+    instances, functions reading a list or an instance) is pickled afresh on
+    every call.
     """
     if type(fn) not in _CACHEABLE:
         return None
     index = _fn_index.get(fn)
     if index is not None:
         return index
-    if m.by_value(fn) or (isinstance(fn, types.BuiltinFunctionType) and not isinstance(fn.__self__, types.ModuleType)):
+    if m.by_value(fn):
+        return _index_by_value(fn) if type(fn) is types.FunctionType else None
+    if isinstance(fn, types.BuiltinFunctionType) and not isinstance(fn.__self__, types.ModuleType):
         return None
     with _fn_index_lock:
-        if len(_fn_index) >= _MAX_INDEXED:
+        index = _fn_index.get(fn)
+        if index is None:
+            index = _new_index_locked()
+            if index is not None:
+                _fn_index[fn] = index
+        return index
+
+
+def _new_index_locked() -> int | None:
+    global _next_index
+    if _next_index >= _MAX_INDEXED:
+        return None
+    _next_index += 1
+    return _next_index - 1  # never reused: a worker may still keep the function of an old number
+
+
+class _Snapshot:
+    """What a function sent by value carried when it was last numbered (or first seen)."""
+
+    __slots__ = ("changes", "ids", "index", "inputs")
+
+    def __init__(self, inputs: list[object]) -> None:
+        self.inputs = inputs  # kept alive, so their ids cannot be reused by other objects
+        self.ids = [id(obj) for obj in inputs]
+        self.index: int | None = None
+        self.changes = 0
+
+
+def _index_by_value(fn: types.FunctionType) -> int | None:
+    inputs = _inputs(fn, set())
+    if inputs is None:
+        return None
+    ids = [id(obj) for obj in inputs]
+    with _fn_index_lock:
+        snap = _by_value.get(fn)
+        if snap is None:
+            _by_value[fn] = _Snapshot(inputs)  # numbered from its second call: a lambda made per call never is
             return None
-        return _fn_index.setdefault(fn, len(_fn_index))
+        if snap.ids == ids:
+            if snap.index is None and snap.changes <= _MAX_CHANGES:
+                snap.index = _new_index_locked()
+            return snap.index
+        snap.inputs, snap.ids, snap.index = inputs, ids, None
+        snap.changes += 1
+        return None
+
+
+def _still_numbered(fn: Callable[..., Any], index: int) -> bool:
+    """After pickling *fn* for a worker to keep as *index*: did what it carries stay what the number stands for?"""
+    if not isinstance(fn, types.FunctionType) or fn not in _by_value:
+        return True  # sent by name: nothing of it travels
+    snap = _by_value[fn]
+    inputs = _inputs(fn, set())
+    return inputs is not None and snap.index == index and snap.ids == [id(obj) for obj in inputs]
+
+
+_ATOMS = (type(None), bool, int, float, complex, str, bytes, types.CodeType, types.ModuleType)
+_MISSING = object()
+
+
+def _inputs(fn: types.FunctionType, seen: set[int]) -> list[object] | None:
+    """Everything dill would send for *fn* by value, as objects compared by identity; None if some can change unseen.
+
+    Its code, name, defaults, closure cells and the globals its code (and
+    nested code) names; recursively the same for functions it uses that go
+    by value. A value that can change without being rebound -- a list, a
+    dict, an instance, a class sent by value, a function with attributes --
+    makes the function unnumberable.
+    """
+    if id(fn) in seen:
+        return []
+    seen.add(id(fn))
+    if fn.__dict__:
+        return None
+    out: list[object] = [fn.__code__, fn.__name__, fn.__qualname__, fn.__defaults__, fn.__kwdefaults__]
+    values: list[object] = list(fn.__defaults__ or ())
+    values += (fn.__kwdefaults__ or {}).values()
+    for cell in fn.__closure__ or ():
+        try:
+            values.append(cell.cell_contents)
+        except ValueError:  # an empty cell
+            values.append(_MISSING)
+    names = fn.__globals__
+    values += (names.get(name, _MISSING) for name in _global_names(fn.__code__))
+    for value in values:
+        out.append(value)
+        if value is _MISSING or isinstance(value, _ATOMS):
+            if isinstance(value, types.ModuleType) and value.__name__ == "__main__":
+                return None
+            continue
+        if type(value) is types.FunctionType and m.by_value(value):
+            more = _inputs(value, seen)
+            if more is None:
+                return None
+            out += more
+        elif isinstance(value, (types.FunctionType, types.BuiltinFunctionType, type)) and not m.by_value(value):
+            continue  # sent by name
+        elif type(value) in (tuple, frozenset) and all(isinstance(item, _ATOMS) for item in value):  # type: ignore[attr-defined]
+            continue
+        else:
+            return None
+    return out
+
+
+_names_of_code: dict[int, tuple[types.CodeType, tuple[str, ...]]] = {}  # by id: hashing code is slow
+
+
+def _global_names(code: types.CodeType) -> tuple[str, ...]:
+    """Names *code* and the code nested in it may read as globals (a superset: attribute names too)."""
+    known = _names_of_code.get(id(code))
+    if known is not None and known[0] is code:
+        return known[1]
+    names = set(code.co_names)
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            names.update(_global_names(const))
+    if len(_names_of_code) >= 1024:
+        _names_of_code.clear()
+    _names_of_code[id(code)] = (code, tuple(sorted(names)))
+    return _names_of_code[id(code)][1]
 
 
 class Call:
@@ -72,8 +202,17 @@ class Call:
         self.codec, self.payload = m.dumps((fn, args, kwargs, None))
 
     def registration(self) -> tuple[int, bytes]:
-        """The body that sends the function itself and asks the worker to keep it under ``index``."""
-        return m.dumps((self.fn, self.args, self.kwargs, self.index))
+        """The body that sends the function itself and asks the worker to keep it under ``index``.
+
+        Code sent by value is checked again after pickling: if another thread
+        rebound something it uses meanwhile, it goes without the number.
+        """
+        body = m.dumps((self.fn, self.args, self.kwargs, self.index))
+        if self.index is not None and not _still_numbered(self.fn, self.index):
+            self.index = None
+            self.codec, self.payload = m.dumps((self.fn, self.args, self.kwargs, None))
+            return self.codec, self.payload
+        return body
 
     def as_dill(self) -> bool:
         """Switch to sending everything by value; False if it already was."""

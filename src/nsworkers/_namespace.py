@@ -18,6 +18,7 @@ from typing import Any
 
 from . import _sys
 from .errors import (
+    InvalidTargetError,
     NamespaceClosedError,
     NamespaceNotFoundError,
     NamespacePermissionError,
@@ -399,8 +400,6 @@ class Namespace:
 
 def fspath(path: object) -> str:
     """A namespace path as ``str``; anything else (``None``, ``int``, ``bytes``) is a TypeError."""
-    from .errors import InvalidTargetError
-
     if isinstance(path, str):
         text = path
     elif isinstance(path, os.PathLike):

@@ -499,7 +499,11 @@ class Pool(_Caller):
         while True:
             index = call.index
             learn = index is not None and index not in link.known
-            codec, payload = call.registration() if learn else (call.codec, call.payload)
+            if learn:
+                codec, payload = call.registration()
+                learn = call.index is not None  # dropped if what it carries changed meanwhile
+            else:
+                codec, payload = call.codec, call.payload
             link.last_id = request_id = link.last_id % _REQUEST_IDS + 1
             try:
                 chan.send(m.CALL, request_id, codec, payload, deadline)

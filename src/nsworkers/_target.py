@@ -84,16 +84,37 @@ class Target:
         return specs
 
 
+_by_path: dict[str, Target] = {}  # the last Target of each path, reused while its identity holds
+_MAX_PATHS = 4096
+_stat = os.stat
+
+
 def resolve(target: object) -> Target:
     """The :class:`Target` behind *target*; typed errors before anything is spawned."""
     if type(target) is Namespace:  # the fast path, first
         if target._fd < 0:
             raise NamespaceClosedError(f"{target!r} is closed")
         return Target((target._id,), None, (target,))
+    if type(target) is str:
+        # A path is re-checked on every call: a stat (no side effect on whatever it names) gives the
+        # identity now; if it is the one this path had last time, it is the same nsfs inode.
+        try:
+            st = _stat(target)
+        except (OSError, ValueError):
+            pass  # check_path says what is wrong
+        else:
+            known = _by_path.get(target)
+            if known is not None and known.key[0] == (st.st_dev, st.st_ino):
+                return known
     if isinstance(target, str):
         path = fspath(target)
-        st = check_path(path)  # a stat: no side effect on whatever the path names
-        return Target(((st.st_dev, st.st_ino),), path, ())
+        st = check_path(path)
+        resolved = Target(((st.st_dev, st.st_ino),), path, ())
+        if type(target) is str:
+            if len(_by_path) >= _MAX_PATHS:
+                _by_path.clear()
+            _by_path[target] = resolved
+        return resolved
     if isinstance(target, Namespace):
         if target.closed:
             raise NamespaceClosedError(f"{target!r} is closed")
