@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import xml.etree.ElementTree as ET
@@ -15,6 +16,7 @@ import nsworkers
 from nsworkers._topology import Topology
 
 from ._hostnet import HostNet, host_network
+from .conftest import PREFIX, _counter
 
 pytestmark = pytest.mark.privileged
 
@@ -147,6 +149,24 @@ def test_one_pod_brings_its_peers_side(net: HostNet) -> None:
         "host:uplink0",
         "host:uplink1",
     }
+
+
+def test_a_namespace_deleted_meanwhile_is_not_an_error(net: HostNet, monkeypatch: pytest.MonkeyPatch) -> None:
+    # `ip netns del` unmounts the namespace, then unlinks the plain file left under it: topology()
+    # scans the host's namespaces for peers and must step over a path that is such a file by the
+    # time it opens it (seen in CI beside a loop of `ip netns add/del`). The scan's moment is made
+    # here: a real plain file, listed as the scan would have listed it a moment before.
+    from nsworkers import _inspect
+
+    path = f"/run/netns/{PREFIX}{next(_counter)}"
+    open(path, "x").close()
+    scan = _inspect.network_namespaces
+    monkeypatch.setattr(_inspect, "network_namespaces", lambda: [path, *scan()])
+    try:
+        graph = nsworkers.topology([net.path("pod1")], attribution=False)
+    finally:
+        os.unlink(path)
+    assert {_where(graph, net, n["id"]) for n in graph["nodes"]} == {"pod1:lo", "pod1:eth0", "host:hv1", "host:br0"}
 
 
 def test_a_peer_outside_the_selection_stays_unresolved(net: HostNet) -> None:

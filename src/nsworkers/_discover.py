@@ -25,6 +25,7 @@ from typing import Any
 from . import _sys
 from ._attribution import Attribution, attribute_pid
 from ._namespace import NETNS_RUN_DIRS, Namespace, NamespaceType, TypeLike, nsfs_dev, type_of_fd
+from .errors import NamespaceNotFoundError, NotANamespaceError
 
 __all__ = ("DiscoveredNamespace", "Discovery", "discover")
 
@@ -62,13 +63,11 @@ class DiscoveredNamespace:
         for path in self.paths:
             try:
                 ns = Namespace.open(path, self.type)
-            except OSError:
+            except (OSError, NotANamespaceError):  # gone, or its path now leads to something else
                 continue
             if ns.inode == self.inode:
                 return ns
             ns.close()
-        from .errors import NamespaceNotFoundError
-
         raise NamespaceNotFoundError(errno.ENOENT, f"{self.unique_id} is gone", self.paths[0] if self.paths else "")
 
     def as_dict(self) -> dict[str, Any]:

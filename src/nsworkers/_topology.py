@@ -355,11 +355,12 @@ def _add_peers(
     """Add the views of the namespaces that *wanted* ``(namespace, nsid)`` name, found among all of the host's."""
     from ._inspect import network_namespaces
     from ._namespace import Namespace
+    from .errors import NotANamespaceError
 
     for path in network_namespaces():
         try:
             ns = Namespace.open(path, "net")
-        except OSError:  # gone since the scan
+        except (OSError, NotANamespaceError):  # gone since the scan, or still being made (a plain file)
             continue
         if ns.unique_id in opened:
             ns.close()
