@@ -4,28 +4,123 @@
 drain threads per namespace take jobs from that queue and run each through
 the pool's synchronous call path (``Pool._execute``), so a future's call
 obeys the same deadlines, retries and typed errors as ``run``.
+
+A :class:`CallFuture` can be cancelled while its call runs: the call path
+*arms* it with a way to kill the worker just before the request goes out,
+and *disarms* it as soon as the exchange ended. Both, and ``cancel()``,
+decide under the future's own lock, so a cancel racing with the reply gives
+either the result or a cancellation, never both; a worker killed by a
+cancel is never given back.
 """
 
 from __future__ import annotations
 
 import collections
+import itertools
 import threading
+import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future
+from concurrent.futures import Executor, Future
+from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, PENDING, RUNNING
 from queue import SimpleQueue
-from typing import Any
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from ._calls import Call
 from ._target import Key, Target
+from .errors import PoolClosedError
 
-#: Runs one counted call to its end (the pool's ``_execute``).
-Execute = Callable[[Target, Call, "float | None"], Any]
+if TYPE_CHECKING:
+    from ._pool import _Caller
+
+_T = TypeVar("_T")
+_P = ParamSpec("_P")
+
+#: Runs one counted call to its end (the pool's ``_execute``), watched by its future.
+Execute = Callable[[Target, Call, "float | None", "CallFuture"], Any]
+
+
+class CallCancelled(Exception):
+    """Raised by the call path when its :class:`CallFuture` was cancelled (it is already settled)."""
+
+
+class CallFuture(Future[Any]):
+    """A :class:`concurrent.futures.Future` whose :meth:`cancel` also stops a call that is running.
+
+    ``cancel()`` of a running call kills its worker (the pool replaces it)
+    and returns True; ``result()`` then raises ``CancelledError`` and the
+    done-callbacks run once. Once the worker's reply is in, ``cancel()``
+    returns False as for any finished call.
+    """
+
+    _stop: Callable[[], None] | None = None  # kills the worker while a request is out (armed)
+    _settling = False  # the exchange ended: too late to cancel
+    _callbacks_due = False  # cancelled while running: the callbacks are still to run
+
+    def cancel(self) -> bool:
+        with self._condition:
+            if self._state != RUNNING:
+                if self._state != PENDING:
+                    return self._state in (CANCELLED, CANCELLED_AND_NOTIFIED)
+                return super().cancel()
+            if self._settling:
+                return False
+            stop = self._stop
+            if stop is not None:
+                stop()  # first: interrupted after this, the call fails as a crash, still one outcome
+            self._state = CANCELLED_AND_NOTIFIED
+            self._callbacks_due = True
+            for waiter in self._waiters:
+                waiter.add_cancelled(self)
+            self._condition.notify_all()
+        self.run_callbacks_due()
+        return True
+
+    def cancel_pending(self) -> bool:
+        """Cancel the call only if it has not started (the plain ``Future.cancel``)."""
+        return super().cancel()
+
+    def run_callbacks_due(self) -> None:
+        """Run the done-callbacks of a running call's cancellation, once, in whichever thread gets here first."""
+        with self._condition:
+            due, self._callbacks_due = self._callbacks_due, False
+        if due:
+            self._invoke_callbacks()  # type: ignore[attr-defined]  # Future's own, in every version
+
+    def arm(self, stop: Callable[[], None]) -> bool:
+        """A request is about to go out; *stop* kills its worker. False: cancelled already (send nothing)."""
+        with self._condition:
+            if self._state != RUNNING:
+                return False
+            self._stop = stop
+            return True
+
+    def disarm(self, final: bool = True) -> bool:
+        """The exchange ended. False: it was cancelled meanwhile (its worker is killed).
+
+        *final*: the reply or error is the call's outcome, so a ``cancel()``
+        from now on returns False; not final: a retry on a fresh worker follows.
+        """
+        with self._condition:
+            self._stop = None
+            if self._state != RUNNING:
+                return False
+            self._settling = final
+            return True
+
+
+def cancel_pending(future: Future[Any]) -> None:
+    """Cancel *future* only if its call has not started (a ``CallFuture``'s ``cancel`` would stop it)."""
+    if isinstance(future, CallFuture):
+        future.cancel_pending()
+    else:
+        future.cancel()
 
 
 class _Job:
     __slots__ = ("call", "future", "target", "timeout")
 
-    def __init__(self, future: Future[Any], target: Target, call: Call, timeout: float | None) -> None:
+    def __init__(self, future: CallFuture, target: Target, call: Call, timeout: float | None) -> None:
         self.future = future
         self.target = target
         self.call = call
@@ -105,7 +200,7 @@ class Dispatcher:
 
     def submit(self, target: Target, call: Call, timeout: float | None) -> Future[Any]:
         """Queue a counted call; its future completes with the result or the typed error."""
-        job = _Job(Future(), target, call, timeout)
+        job = _Job(CallFuture(), target, call, timeout)
         with self._lock:
             queue = self._queues.get(target.key)
             if queue is None:
@@ -131,11 +226,13 @@ class Dispatcher:
                 self._dropped()
                 continue
             try:
-                result = self._execute(job.target, job.call, job.timeout)
+                result = self._execute(job.target, job.call, job.timeout, job.future)
+            except CallCancelled:
+                job.future.run_callbacks_due()  # if cancel() itself was interrupted before it could
             except BaseException as exc:
-                job.future.set_exception(exc)
+                _settle(job.future, exc, True)
             else:
-                job.future.set_result(result)
+                _settle(job.future, result, False)
             del job
 
     def cancel_queued(self) -> int:
@@ -145,7 +242,7 @@ class Dispatcher:
             for queue in self._queues.values():
                 queue.jobs.clear()
         for job in jobs:
-            job.future.cancel()
+            job.future.cancel_pending()
             self._dropped()
         return len(jobs)
 
@@ -193,7 +290,19 @@ def map_unordered(
                 raise error
     finally:
         for future in pending:
-            future.cancel()
+            cancel_pending(future)  # a call already running is left to finish
+
+
+def _settle(future: CallFuture, value: Any, failed: bool) -> None:
+    """Complete *future* unless a cancel() came in after the call path's last look (it then stays cancelled)."""
+    with future._condition:
+        if future._state != RUNNING:
+            return
+        future._settling = True  # cancel() now returns False
+    if failed:
+        future.set_exception(value)
+    else:
+        future.set_result(value)
 
 
 _END = object()
@@ -210,3 +319,115 @@ class _Notify:
 
     def __call__(self, future: Future[Any]) -> None:
         self.done.put((self.ns, future))
+
+
+class NamespaceExecutor(Executor):
+    """A :class:`concurrent.futures.Executor` running every call in one target of a pool (``Pool.executor``).
+
+    ``submit``, ``map`` and ``shutdown`` follow CPython 3.14's ``Executor``;
+    ``shutdown`` ends this executor only, not the pool. The target is
+    resolved by the pool at each call.
+    """
+
+    def __init__(self, pool: _Caller, target: Any) -> None:
+        self._pool = pool
+        self._target = target
+        self._lock = threading.Lock()
+        self._closed = False
+        self._futures: set[Future[Any]] = set()  # not done yet
+
+    def __repr__(self) -> str:
+        state = "shut down" if self._closed else "open"
+        return f"<nsworkers executor {state} for {self._target!r}>"
+
+    def submit(self, fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs) -> Future[_T]:
+        """Queue ``fn(*args, **kwargs)`` in the target (see ``Pool.submit``); PoolClosedError after shutdown."""
+        with self._lock:
+            if self._closed:
+                raise PoolClosedError("cannot schedule new futures after shutdown")
+            future = self._pool.submit(self._target, fn, *args, **kwargs)
+            self._futures.add(future)
+        future.add_done_callback(self._forget)
+        return future
+
+    def _forget(self, future: Future[Any]) -> None:
+        with self._lock:
+            self._futures.discard(future)
+
+    def map(
+        self,
+        fn: Callable[..., _T],
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
+        chunksize: int = 1,
+        buffersize: int | None = None,
+    ) -> Iterator[_T]:
+        """``fn(*args)`` for the items of *iterables* zipped, results in order (CPython 3.14 ``Executor.map``).
+
+        *timeout* bounds the whole iteration (``TimeoutError``); *buffersize*
+        caps the calls submitted ahead of the results taken (TypeError if not
+        an int, ValueError if below 1, as in CPython); *chunksize* is
+        accepted and ignored, as by ``ThreadPoolExecutor``. When the iterator
+        is closed early or raises, calls not started yet are cancelled.
+        """
+        if buffersize is not None and (isinstance(buffersize, bool) or not isinstance(buffersize, int)):
+            raise TypeError("buffersize must be an integer or None")
+        if buffersize is not None and buffersize < 1:
+            raise ValueError("buffersize must be None or > 0")
+        end_time = None if timeout is None else timeout + time.monotonic()
+        zipped = zip(*iterables)  # noqa: B905 - Executor.map stops at the shortest, as zip does
+        if buffersize:
+            futures = collections.deque(self.submit(fn, *args) for args in itertools.islice(zipped, buffersize))
+        else:
+            futures = collections.deque(self.submit(fn, *args) for args in zipped)
+        executor = weakref.ref(self)
+        return _ordered_results(futures, zipped if buffersize else None, executor, fn, end_time)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """No new calls through this executor; the pool and its workers stay up for its other users.
+
+        *cancel_futures* cancels this executor's calls not started yet;
+        *wait* waits for the others to finish.
+        """
+        with self._lock:
+            self._closed = True
+            futures = list(self._futures)
+        if cancel_futures:
+            for future in futures:
+                cancel_pending(future)
+        if wait:
+            for future in futures:
+                try:
+                    future.exception()  # waits; a cancelled one raises
+                except BaseException:
+                    pass
+
+
+def _ordered_results(
+    futures: collections.deque[Future[_T]],
+    more: Iterator[tuple[Any, ...]] | None,
+    executor: weakref.ref[NamespaceExecutor],
+    fn: Callable[..., _T],
+    end_time: float | None,
+) -> Iterator[_T]:
+    """Results of *futures* in order; with *more*, one new call submitted per result taken (``buffersize``)."""
+    try:
+        while futures:
+            if more is not None:
+                owner = executor()
+                args = next(more, None) if owner is not None else None
+                if owner is not None and args is not None:
+                    futures.append(owner.submit(fn, *args))
+                del owner
+            future = futures.popleft()
+            try:
+                if end_time is None:
+                    yield future.result()
+                else:
+                    yield future.result(end_time - time.monotonic())
+            finally:
+                cancel_pending(future)
+            del future
+    finally:
+        for future in futures:
+            cancel_pending(future)

@@ -19,7 +19,10 @@ whole caller -> zygote -> worker data flow are in ``_messages``.
 from __future__ import annotations
 
 import atexit
+import functools
 import os
+import select
+import signal
 import socket as _socket
 import threading
 import time
@@ -34,7 +37,7 @@ if TYPE_CHECKING:
 from . import _messages as m
 from . import _sys
 from ._calls import KEEPS_WORKER, REPLY_KINDS, Call, Failure, settle
-from ._dispatch import Dispatcher, in_pool_thread, map_unordered
+from ._dispatch import CallCancelled, CallFuture, Dispatcher, NamespaceExecutor, in_pool_thread, map_unordered
 from ._scheduler import BUSY, Reservation, Scheduler, Ticket, Worker
 from ._spawners import ForkSpawner, Spawner, ZygoteSpawner, describe_status
 from ._target import Key, TargetLike, resolve
@@ -134,11 +137,21 @@ class _Caller:
 
         Target and arguments are checked now: a bad target or an argument that
         cannot be serialized raises here, and nothing is queued.
+
+        The future's ``cancel()`` also stops a call that is already running:
+        its worker is killed (the next call gets a fresh one), ``cancel()``
+        returns True and ``result()`` raises ``CancelledError``. Once the
+        reply is in, ``cancel()`` returns False.
         """
         return self._target_pool()._submit(target, fn, args, kwargs, self._call_timeout())
 
     async def arun(self, target: TargetLike, fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs) -> _T:
-        """``await`` version of :meth:`run`; cancelling the task cancels a call not yet started."""
+        """``await`` version of :meth:`run`.
+
+        Cancelling the task cancels the call: one not started yet never runs,
+        and a running one is stopped (its worker is killed and replaced, as
+        for :meth:`concurrent.futures.Future.cancel` of a :meth:`submit`).
+        """
         import asyncio
 
         pool = self._target_pool()
@@ -152,19 +165,40 @@ class _Caller:
         args: tuple[Any, ...] = (),
         kwargs: dict[str, Any] | None = None,
         return_exceptions: bool = False,
+        buffersize: int | None = None,
     ) -> Iterator[tuple[Any, _T]]:
         """Call ``fn(*args, **kwargs)`` once in each namespace; yield ``(namespace, result)`` as they complete.
 
-        At most ``2 * max_workers`` calls are queued at a time, so memory stays
-        bounded over thousands of namespaces. With *return_exceptions* an
-        exception (including a bad namespace) is yielded in place of the
-        result; otherwise the first one is raised and the remaining calls
-        are cancelled.
+        At most *buffersize* calls are submitted ahead of the results the
+        consumer has taken (as CPython 3.14's ``Executor.map(buffersize=)``;
+        default ``2 * max_workers``), so memory stays bounded over thousands
+        of namespaces and a slow consumer holds back the calls. With
+        *return_exceptions* an exception (including a bad namespace) is
+        yielded in place of the result; otherwise the first one is raised
+        and the calls not started yet are cancelled (as when the consumer
+        stops early; running ones finish).
         """
+        if buffersize is not None and (
+            isinstance(buffersize, bool) or not isinstance(buffersize, int) or buffersize < 1
+        ):
+            raise ValueError(f"buffersize must be a positive int or None, not {buffersize!r}")
         pool, timeout, kw = self._target_pool(), self._call_timeout(), kwargs or {}
-        return map_unordered(
-            lambda ns: pool._submit(ns, fn, args, kw, timeout), namespaces, 2 * pool._max_workers, return_exceptions
-        )
+        window = 2 * pool._max_workers if buffersize is None else buffersize
+        return map_unordered(lambda ns: pool._submit(ns, fn, args, kw, timeout), namespaces, window, return_exceptions)
+
+    def executor(self, target: TargetLike) -> NamespaceExecutor:
+        """A :class:`concurrent.futures.Executor` whose calls all run in *target*.
+
+        For code that expects an executor, e.g. ``loop.run_in_executor(ex,
+        fn, *args)``. ``submit``, ordered ``map`` (with ``timeout``,
+        ``buffersize``) and ``shutdown(wait, cancel_futures)`` behave as
+        CPython 3.14 defines them; ``shutdown`` ends only this executor's
+        use, never the pool. The target is resolved at each call, so a
+        namespace re-created under the same path gets a new worker.
+        Cancelling a future stops its call even while it runs, as for
+        :meth:`submit`.
+        """
+        return NamespaceExecutor(self, target)
 
 
 class PoolOptions(_Caller):
@@ -208,6 +242,21 @@ class Pool(_Caller):
         spare_workers: processes the zygote keeps forked ahead of need, not
             yet in any namespace, so that a cold call skips the fork (about
             1 ms); each is an idle process of ~1.5 MB. 0: fork on request.
+        initializer: called as ``initializer(*initargs)`` in each worker
+            after it joined its namespaces (so it sees them) and before its
+            first call; sent like any callable. If it raises (or the worker
+            dies in it), the call that needed the worker fails with
+            :class:`WorkerStartError` whose ``__cause__`` is the initializer's
+            exception (its remote traceback chained to it), the worker is
+            discarded, and the next call tries a fresh one.
+        initargs: arguments of *initializer* (serialized now: one that cannot
+            be raises :class:`SerializationError` here).
+        max_memory_per_worker: bytes of resident memory. When a call leaves
+            its worker's RSS above it, the worker is retired (stopped
+            politely, the call's result still delivered; the next call gets a
+            fresh worker). Read by the caller from the host's
+            ``/proc/PID/statm``, never from the worker; None (default): no
+            bound and no cost.
 
     A pool dropped without :meth:`shutdown` (or a ``with`` block) is closed
     when it is garbage-collected, with a :class:`ResourceWarning`, like an
@@ -225,6 +274,9 @@ class Pool(_Caller):
         start_method: str = "zygote",
         preload: Iterable[str] = (),
         spare_workers: int = 1,
+        initializer: Callable[..., object] | None = None,
+        initargs: Iterable[Any] = (),
+        max_memory_per_worker: int | None = None,
     ) -> None:
         self._closed = True  # until fully built: __del__ of a half-made pool must do nothing
         for name, value in (("max_workers", max_workers), ("workers_per_namespace", workers_per_namespace)):
@@ -240,6 +292,21 @@ class Pool(_Caller):
             raise ValueError(f"max_tasks_per_worker must be a positive int or None, not {max_tasks_per_worker!r}")
         if start_method not in ("zygote", "fork"):
             raise ValueError(f"start_method must be 'zygote' or 'fork', not {start_method!r}")
+        if max_memory_per_worker is not None and (
+            isinstance(max_memory_per_worker, bool)
+            or not isinstance(max_memory_per_worker, int)
+            or max_memory_per_worker < 1
+        ):
+            raise ValueError(
+                f"max_memory_per_worker must be a positive int (bytes) or None, not {max_memory_per_worker!r}"
+            )
+        if initializer is not None and not callable(initializer):
+            raise TypeError(f"initializer must be callable or None, not {initializer!r}")
+        self._initializer = initializer
+        self._initargs = tuple(initargs)
+        if initializer is not None:
+            Call(initializer, self._initargs, {})  # cannot be serialized: fail here, not in every cold call
+        self._max_memory = max_memory_per_worker
         self._max_workers = max_workers
         self._timeout = _check_timeout(timeout)
         self._idle_timeout = _check_timeout(idle_timeout, "idle_timeout")
@@ -261,6 +328,7 @@ class Pool(_Caller):
         self._closing = False  # no new calls
         self._reaper: threading.Thread | None = None
         self._reaper_stop = threading.Event()
+        self._forced: str | None = None  # "kill_workers()" or "terminate_workers()" once called
 
     def _target_pool(self) -> Pool:
         return self
@@ -362,6 +430,48 @@ class Pool(_Caller):
         else:
             threading.Thread(target=self._finish, name="nsworkers-shutdown", daemon=True).start()
 
+    def terminate_workers(self) -> None:
+        """Shut the pool down and send every worker SIGTERM now (CPython 3.14 ``terminate_workers``).
+
+        As ``shutdown(wait=False, cancel_futures=True)``: no new calls,
+        queued ones are cancelled; then each worker, idle or busy, gets the
+        signal at once. A running call fails with :class:`WorkerCrashedError`
+        naming the signal and this method; a call still waiting for a worker,
+        or whose worker was starting, fails with :class:`PoolClosedError`.
+        The zygote and the pool's threads end in the background (a worker
+        whose callable catches SIGTERM is killed with the zygote once
+        running calls are over). Callable from any thread, a done-callback
+        included.
+        """
+        self._force("terminate_workers()", signal.SIGTERM)
+
+    def kill_workers(self) -> None:
+        """Shut the pool down and SIGKILL every worker now (CPython 3.14 ``kill_workers``).
+
+        Like :meth:`terminate_workers` with SIGKILL, which no worker can catch.
+        """
+        self._force("kill_workers()", signal.SIGKILL)
+
+    def _force(self, name: str, signum: int) -> None:
+        depth: int = getattr(_in_call, "depth", 0)
+        if depth and threading.current_thread() is threading.main_thread():
+            # Maybe a signal handler that interrupted a call of ours (holding a lock we need).
+            threading.Thread(target=self._force, args=(name, signum), name="nsworkers-kill", daemon=True).start()
+            return
+        with self._state:
+            if self._forced is None:
+                self._forced = name
+            self._closing = True
+            self._state.notify_all()
+        self._dispatch.cancel_queued()
+        # Each worker is signalled under the scheduler's lock, before any caller can release it
+        # and close its pidfd. An idle one is ours to close now; a busy one, its caller's.
+        for worker in self._sched.close(each=functools.partial(_signal, signum=signum)):
+            if worker.state != BUSY:
+                worker.conn.chan.close()
+                self._spawner.forget(worker.pid)
+        self.shutdown(wait=False)
+
     def __enter__(self) -> Pool:
         return self
 
@@ -429,11 +539,14 @@ class Pool(_Caller):
         target: Resolved,
         call: Call,
         timeout: float | None,
+        watch: CallFuture | None = None,
         idle_first: bool = False,
         hold: Callable[[Worker, Any], Any] | None = None,
     ) -> Any:
         """Run one counted call to its end (``_enter`` was called; ``_leave`` is, here, once).
 
+        *watch*: the call's future; its ``cancel()`` kills the worker while a
+        request is out, and the call then ends in :class:`CallCancelled`.
         *idle_first*: try the one-lock-round idle path before the general one.
         *hold*: called with the worker and the result while the worker is still ours.
         A signal's exception may arrive between any two lines: a worker is held
@@ -449,9 +562,16 @@ class Pool(_Caller):
                         worker = self._sched.take_idle(target.key)
                     if worker is None:
                         worker = self._acquire(target, deadline, call.fn)
+                    if watch is not None and not watch.arm(functools.partial(_kill_now, worker)):
+                        self._give_back(worker)  # cancelled before anything was sent: it is as good as it was
+                        worker = None
+                        raise CallCancelled
                     frame = self._exchange(worker, call, deadline)
                 except _Stale:
                     assert worker is not None
+                    if watch is not None and not watch.disarm(final=False):
+                        self._discard(worker, kill=True)
+                        raise CallCancelled from None
                     # It died while idle (killed, OOM, its zygote gone) before our request
                     # reached it: the call never started, so one retry on a fresh worker is safe.
                     status = self._discard(worker, kill=False)
@@ -464,12 +584,21 @@ class Pool(_Caller):
                 except BaseException as exc:
                     if worker is None:
                         raise  # no worker was ours yet (_acquire cleans up after itself)
+                    if watch is not None and not watch.disarm():
+                        self._discard(worker, kill=True)  # the cancel killed it: the outcome is the cancellation
+                        raise CallCancelled from None
                     # No reply, or one out of step: the channel is in an unknown state, so the worker goes
                     # (killed, unless it is already dying: then its own exit status says why).
                     if isinstance(exc, m.ChannelClosed):  # it died: its exit status says how
-                        return settle(Failure(exc, self._discard(worker, kill=False)), call, worker, timeout)
+                        status = self._discard(worker, kill=False)
+                        if self._forced is not None:
+                            status = f"{status}: the pool's workers were stopped by {self._forced}"
+                        return settle(Failure(exc, status), call, worker, timeout)
                     self._drop(worker)  # killed in the background: the error is due now
                     return settle(Failure(exc, ""), call, worker, timeout)
+                if watch is not None and not watch.disarm():
+                    self._discard(worker, kill=True)  # a cancel came before we could take the reply
+                    raise CallCancelled
                 healthy = frame[0] in KEEPS_WORKER
                 if not healthy:
                     self._discard(worker, kill=False)  # it exits by itself (TAINTED, FATAL)
@@ -608,10 +737,49 @@ class Pool(_Caller):
             self._spawner.reap(new.pid, kill=True)
             raise ProtocolError(f"unexpected start-up reply (kind {kind}) from worker {new.pid}")
         relayed = any(name in ("pid", "time") for name, _ in body.joined)
-        return Worker(new.pid, target.key, target.label, _Link(chan, relayed))
+        worker = Worker(new.pid, target.key, target.label, _Link(chan, relayed))
+        if self._initializer is not None:
+            self._initialize(worker, deadline)
+        return worker
+
+    def _initialize(self, worker: Worker, deadline: float | None) -> None:
+        """Run the pool's initializer in a new *worker*; on any failure the worker is gone and the error raised."""
+        assert self._initializer is not None
+        call = Call(self._initializer, self._initargs, {})  # a Call of its own: as_dill() changes it
+        link: _Link = worker.conn
+        try:
+            frame = self._exchange(worker, call, deadline)
+        except BaseException as exc:
+            link.chan.close()
+            if isinstance(exc, (_Stale, m.ChannelClosed)):
+                status, killed = self._spawner.reap(worker.pid)
+                raise WorkerStartError(
+                    f"the worker for {worker.label} died in its initializer {call.name}(): "
+                    f"{describe_status(status, killed)}"
+                ) from None
+            self._spawner.kill(worker.pid)  # no waiting: the error is due now
+            if isinstance(exc, TimeoutError):
+                raise WorkerTimeoutError(
+                    f"the initializer {call.name}() of the worker for {worker.label} did not finish in time"
+                ) from None
+            raise
+        worker.calls = 0  # the initializer is not one of the calls max_tasks_per_worker counts
+        if frame[0] in (m.OK, m.UNSENDABLE):  # it ran; what it returned is of no interest
+            return
+        link.chan.close()
+        status, killed = self._spawner.reap(worker.pid, kill=frame[0] in KEEPS_WORKER)
+        try:
+            settle(frame, call, worker, None)
+        except BaseException as exc:
+            raise WorkerStartError(
+                f"the initializer {call.name}() failed in the worker for {worker.label}; the worker was discarded"
+            ) from exc
+        raise ProtocolError(f"unexpected reply to the initializer from worker {worker.pid}")  # pragma: no cover
 
     def _give_back(self, worker: Worker) -> None:
-        retire = self._max_tasks is not None and worker.calls >= self._max_tasks
+        retire = (self._max_tasks is not None and worker.calls >= self._max_tasks) or (
+            self._max_memory is not None and _rss(worker) > self._max_memory
+        )
         if self._sched.release(worker, True, retire):
             self._stop(worker)
 
@@ -698,6 +866,58 @@ class Pool(_Caller):
         self._init_state()
         self._sched.closed = True
         self._closing = self._closed = True
+
+
+def _kill_now(worker: Worker) -> None:
+    """SIGKILL a busy worker from any thread (a cancel); its caller sees it die and discards it.
+
+    The caller that owns the worker closes the channel (and so the pidfd)
+    only after it disarmed the future, which waits for this.
+    """
+    _signal(worker, signal.SIGKILL)
+
+
+def _signal(worker: Worker, signum: int) -> None:
+    """Send *signum* to *worker* by its pidfd: the zygote reaps its children, so a bare pid may name another process."""
+    link: _Link = worker.conn
+    try:
+        if link.chan.pidfd >= 0:
+            signal.pidfd_send_signal(link.chan.pidfd, signum)
+        else:  # a kernel without pidfds (< 5.3)
+            os.kill(worker.pid, signum)
+    except (OSError, ValueError):
+        pass  # gone already
+
+
+_PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+
+
+def _rss(worker: Worker) -> int:
+    """Resident bytes of *worker* (and of the process serving behind a relay), from the caller's ``/proc``.
+
+    Never from the worker, which runs code we do not trust, nor from a
+    target's ``/proc``. A worker that died meanwhile (its pid may be another
+    process's by now) counts as over any bound: it has to go anyway.
+    """
+    link: _Link = worker.conn
+    pid = worker.pid
+    try:
+        pids = [pid]
+        if link.relayed:
+            with open(f"/proc/{pid}/task/{pid}/children", "rb") as children:
+                pids += [int(child) for child in children.read().split()]
+        pages = 0
+        for each in pids:
+            with open(f"/proc/{each}/statm", "rb") as statm:
+                pages += int(statm.read().split()[1])
+    except (OSError, ValueError, IndexError):
+        return 1 << 62
+    if link.chan.pidfd >= 0:
+        poller = select.poll()
+        poller.register(link.chan.pidfd, select.POLLIN)
+        if poller.poll(0):
+            return 1 << 62  # it exited while we read: what we read may be another process's
+    return pages * _PAGE_SIZE
 
 
 def _memory(pid: int) -> tuple[int | None, int | None]:

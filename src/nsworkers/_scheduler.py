@@ -28,6 +28,7 @@ from __future__ import annotations
 import collections
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from ._target import Key
@@ -177,8 +178,10 @@ class Scheduler:
     # -- filling a reservation -------------------------------------------------
 
     def added(self, reservation: Reservation, worker: Worker) -> None:
-        """The reserved worker started: it is busy serving its starter."""
+        """The reserved worker started: it is busy serving its starter. PoolClosedError if the pool closed meanwhile."""
         with self.lock:
+            if self.closed:
+                raise PoolClosedError("the pool was shut down while the worker started")
             slot = reservation.slot
             slot.spawning -= 1
             slot.workers.append(worker)
@@ -252,12 +255,18 @@ class Scheduler:
         wait = idle_timeout if oldest is None else oldest.last_used + idle_timeout - now
         return expired, max(wait, 0.0)
 
-    def close(self) -> list[Worker]:
-        """No more workers: every waiter gets PoolClosedError; returns every worker (stop them)."""
+    def close(self, each: Callable[[Worker], None] | None = None) -> list[Worker]:
+        """No more workers: every waiter gets PoolClosedError; returns every worker (stop them).
+
+        *each* is called with every worker under the lock: before any caller
+        can release its worker (and close its channel).
+        """
         with self.lock:
             self.closed = True
             workers = [w for slot in self._slots.values() for w in slot.workers]
             for worker in workers:
+                if each is not None:
+                    each(worker)
                 self._remove_locked(worker)
             for ticket in list(self._waiting):
                 ticket.slot.tickets.clear()

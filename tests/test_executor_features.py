@@ -1,0 +1,513 @@
+"""What a 2026 process-pool user expects (issue 16, item 4), against real namespaces and workers.
+
+Cancelling a running call, an initializer, ``map(buffersize=)``, recycling a
+worker whose memory grew, ``kill_workers``/``terminate_workers``, and an
+``Executor`` bound to one namespace. No clocks: a call that must be running
+says so by creating a file, and a call that must last waits for a gate file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import os
+import random
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import CancelledError, Future
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import nsworkers
+from nsworkers import Pool, _dispatch
+from nsworkers.errors import (
+    PoolClosedError,
+    RemoteTraceback,
+    SerializationError,
+    WorkerCrashedError,
+    WorkerStartError,
+)
+
+from .conftest import _children, dead, ip, wait_for
+from .test_pool import wait_for_file
+
+pytestmark = pytest.mark.privileged
+
+
+def pid() -> int:
+    return os.getpid()
+
+
+def sleep_then_pid(seconds: float) -> int:
+    time.sleep(seconds)
+    return os.getpid()
+
+
+def my_netns() -> str:
+    return os.readlink("/proc/self/ns/net")
+
+
+def started_then_block(marker: str) -> int:
+    """Runs in a worker: say it runs (create *marker*, holding the pid), then block until killed."""
+    with open(marker + ".tmp", "w") as f:
+        f.write(str(os.getpid()))
+    os.rename(marker + ".tmp", marker)
+    time.sleep(3600)
+    return -1
+
+
+def wait_started(marker: Path) -> int:
+    """The pid of the worker that runs :func:`started_then_block` once it does."""
+    assert wait_for(marker.exists), "the call never started"
+    return int(marker.read_text())
+
+
+def started_then_wait(marker: str, gate: str, value: Any) -> Any:
+    open(marker, "w").close()
+    return wait_for_file(gate, value)
+
+
+# -- cancel() of a running call --------------------------------------------------
+
+
+def test_cancel_stops_a_running_call(pool: Pool, netns: str, tmp_path: Path) -> None:
+    first = pool.run(netns, pid)
+    future = pool.submit(netns, started_then_block, str(tmp_path / "started"))
+    assert wait_started(tmp_path / "started") == first
+    assert future.running()
+    callbacks: list[Future[int]] = []
+    future.add_done_callback(callbacks.append)
+    assert future.cancel()
+    assert future.cancelled() and future.done()
+    assert callbacks == [future]
+    with pytest.raises(CancelledError):
+        future.result(timeout=60)
+    assert future.cancel()  # again: still cancelled
+    assert wait_for(lambda: dead(first))
+    second = pool.run(netns, pid)  # the slot is not lost: a fresh worker serves the namespace
+    assert second != first
+    assert [w.pid for w in pool.workers(memory=False)] == [second]
+    assert callbacks == [future]  # once
+
+
+def test_cancel_wakes_waiters_of_a_running_call(pool: Pool, netns: str, tmp_path: Path) -> None:
+    future = pool.submit(netns, started_then_block, str(tmp_path / "started"))
+    wait_started(tmp_path / "started")
+    waited: list[set[Future[int]]] = []
+    waiter = threading.Thread(target=lambda: waited.append(concurrent.futures.wait([future]).done))
+    waiter.start()
+    assert future.cancel()
+    waiter.join(60)
+    assert waited == [{future}]
+
+
+def test_cancel_after_the_reply_returns_false(pool: Pool, netns: str) -> None:
+    future = pool.submit(netns, pid)
+    worker = future.result(timeout=60)
+    assert not future.cancel()
+    assert not future.cancelled()
+    assert pool.run(netns, pid) == worker  # the worker was kept
+
+
+def test_cancel_while_the_worker_starts(pool: Pool, make_netns: Callable[[], str]) -> None:
+    """Cancelled while its worker is still starting: the call never runs, the new worker is kept."""
+    for _ in range(5):
+        path = f"/run/netns/{make_netns()}"
+        future = pool.submit(path, pid)
+        future.cancel()
+        assert future.done()
+        if future.cancelled():
+            with pytest.raises(CancelledError):
+                future.result()
+        assert pool.options(timeout=60).run(path, my_netns) == f"net:[{os.stat(path).st_ino}]"
+
+
+def test_cancel_racing_with_the_reply(pool: Pool, netns: str) -> None:
+    """Cancel at random moments around the reply: one outcome each, callbacks once, no dead worker kept."""
+    rng = random.Random(16)
+    outcomes = {"cancelled": 0, "result": 0}
+    for _ in range(200):
+        future = pool.submit(netns, pid)
+        calls: list[object] = []
+        future.add_done_callback(calls.append)
+        for _ in range(rng.randrange(0, 2000)):
+            pass
+        cancelled = future.cancel()
+        try:
+            got = future.result(timeout=60)
+        except CancelledError:
+            assert cancelled and future.cancelled()
+            outcomes["cancelled"] += 1
+        else:
+            assert not cancelled and not future.cancelled() and got > 0
+            outcomes["result"] += 1
+        assert calls == [future]
+        for worker in pool.workers(memory=False):  # whatever is kept is alive
+            assert not dead(worker.pid)
+    assert pool.options(timeout=60).run(netns, pid) > 0
+
+
+def test_asyncio_task_cancellation_stops_the_call(pool: Pool, netns: str, tmp_path: Path) -> None:
+    marker = tmp_path / "started"
+
+    async def main() -> int:
+        task = asyncio.create_task(pool.arun(netns, started_then_block, str(marker)))
+        worker = await asyncio.to_thread(wait_started, marker)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return worker
+
+    worker = asyncio.run(main())
+    assert wait_for(lambda: dead(worker))
+    assert pool.run(netns, pid) != worker
+
+
+class _Interrupted(Exception):
+    """What the signal handler below raises, as a KeyboardInterrupt would."""
+
+
+def _raise_interrupted(signum: int, frame: object) -> None:
+    raise _Interrupted
+
+
+def test_cancel_interrupted_after_the_kill(
+    pool: Pool, netns: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A signal's exception in cancel() right after it killed the worker: the call fails as a crash, once."""
+    arm = _dispatch.CallFuture.arm
+
+    def arm_then_interrupt(self: _dispatch.CallFuture, stop: Callable[[], None]) -> bool:
+        def stop_then_interrupt() -> None:
+            stop()
+            raise _Interrupted
+
+        return arm(self, stop_then_interrupt)
+
+    monkeypatch.setattr(_dispatch.CallFuture, "arm", arm_then_interrupt)
+    future = pool.submit(netns, started_then_block, str(tmp_path / "started"))
+    worker = wait_started(tmp_path / "started")
+    calls: list[object] = []
+    future.add_done_callback(calls.append)
+    with pytest.raises(_Interrupted):
+        future.cancel()
+    with pytest.raises(WorkerCrashedError):
+        future.result(timeout=60)
+    assert calls == [future]
+    assert pool.run(netns, pid) != worker
+
+
+def test_cancel_interrupted_before_the_callbacks(
+    pool: Pool, netns: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A signal's exception in cancel() before it ran the done-callbacks: the pool's thread runs them, once."""
+    run_callbacks_due = _dispatch.CallFuture.run_callbacks_due
+    main = threading.current_thread()
+
+    def interrupted_in_main(self: _dispatch.CallFuture) -> None:
+        if threading.current_thread() is main:
+            raise _Interrupted
+        run_callbacks_due(self)
+
+    monkeypatch.setattr(_dispatch.CallFuture, "run_callbacks_due", interrupted_in_main)
+    future = pool.submit(netns, started_then_block, str(tmp_path / "started"))
+    worker = wait_started(tmp_path / "started")
+    calls: list[object] = []
+    future.add_done_callback(calls.append)
+    with pytest.raises(_Interrupted):
+        future.cancel()
+    assert future.cancelled()
+    assert wait_for(lambda: calls == [future])
+    assert wait_for(lambda: dead(worker))
+    assert pool.run(netns, pid) != worker
+    assert calls == [future]
+
+
+def test_shutdown_during_a_cancel(netns: str, tmp_path: Path) -> None:
+    before = _children()
+    pool = Pool()
+    future = pool.submit(netns, started_then_block, str(tmp_path / "started"))
+    worker = wait_started(tmp_path / "started")
+    closer = threading.Thread(target=pool.shutdown)  # waits for the running call
+    closer.start()
+    assert future.cancel()
+    closer.join(60)
+    assert not closer.is_alive()
+    assert wait_for(lambda: dead(worker))
+    assert wait_for(lambda: not (_children() - before))
+
+
+# -- initializer ------------------------------------------------------------------
+
+_initialized: list[str] = []
+
+
+def remember_netns(tag: str) -> None:
+    _initialized.append(f"{tag} {os.readlink('/proc/self/ns/net')}")
+
+
+def initialized() -> list[str]:
+    return _initialized
+
+
+def getenv(name: str) -> str | None:
+    return os.environ.get(name)
+
+
+def fail_once(marker: str) -> None:
+    if not os.path.exists(marker):
+        open(marker, "w").close()
+        raise ValueError("first worker refuses")
+
+
+def exit_in_initializer() -> None:
+    os._exit(7)
+
+
+def test_initializer_runs_once_per_worker_inside_the_namespace(netns: str) -> None:
+    with Pool(initializer=remember_netns, initargs=("init",)) as pool:
+        inside = pool.run(netns, my_netns)
+        assert pool.run(netns, initialized) == [f"init {inside}"]
+        assert pool.run(netns, initialized) == [f"init {inside}"]  # not again for the next call
+
+
+def test_initializer_sent_by_value(netns: str) -> None:
+    with Pool(initializer=lambda: os.environ.__setitem__("NSW_TEST_INIT", "lambda")) as pool:  # dill
+        assert pool.run(netns, getenv, "NSW_TEST_INIT") == "lambda"
+
+
+def test_initializer_counts_no_task(netns: str) -> None:
+    with Pool(initializer=remember_netns, initargs=("x",), max_tasks_per_worker=2) as pool:
+        pids = [pool.run(netns, pid) for _ in range(3)]
+    assert pids[0] == pids[1] != pids[2]
+
+
+def test_a_failing_initializer_fails_the_call_and_discards_the_worker(netns: str, tmp_path: Path) -> None:
+    before = _children()
+    with Pool(initializer=fail_once, initargs=(str(tmp_path / "failed"),)) as pool:
+        with pytest.raises(WorkerStartError) as raised:
+            pool.run(netns, pid)
+        assert "fail_once" in str(raised.value)
+        cause = raised.value.__cause__
+        assert isinstance(cause, ValueError) and str(cause) == "first worker refuses"
+        assert isinstance(cause.__cause__, RemoteTraceback) and "fail_once" in str(cause.__cause__)
+        assert pool.workers(memory=False) == []
+        assert pool.run(netns, pid) > 0  # the pool stays usable: the next worker initializes fine
+        assert len(pool.workers(memory=False)) == 1
+    assert wait_for(lambda: not (_children() - before))
+
+
+def test_a_worker_dying_in_its_initializer(netns: str) -> None:
+    with Pool(initializer=exit_in_initializer) as pool:
+        future = pool.submit(netns, pid)
+        with pytest.raises(WorkerStartError, match=r"died in its initializer.*exit"):
+            future.result(timeout=60)
+        assert pool.workers(memory=False) == []
+
+
+def test_initializer_checked_when_the_pool_is_made() -> None:
+    with pytest.raises(TypeError):
+        Pool(initializer=42)  # type: ignore[arg-type]
+    with pytest.raises(SerializationError):
+        Pool(initializer=remember_netns, initargs=(threading.Lock(),))
+
+
+# -- map(buffersize=) ---------------------------------------------------------------
+
+
+def test_map_buffersize_bounds_calls_ahead_of_the_consumer(pool: Pool, netns: str) -> None:
+    pulled = 0
+
+    def targets() -> Iterator[str]:
+        nonlocal pulled
+        for _ in range(12):
+            pulled += 1
+            yield netns
+
+    taken = 0
+    for _, result in pool.map(pid, targets(), buffersize=3):
+        taken += 1
+        assert result > 0
+        assert pulled - taken <= 2  # with the one just taken: 3 submitted ahead of what was taken before
+    assert taken == 12
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True, "2"])
+def test_map_buffersize_validated(pool: Pool, bad: object) -> None:
+    with pytest.raises(ValueError, match="buffersize"):
+        pool.map(pid, [], buffersize=bad)  # type: ignore[arg-type]
+
+
+# -- max_memory_per_worker ----------------------------------------------------------
+
+_ballast: list[bytes] = []
+
+
+def grow(megabytes: int) -> int:
+    _ballast.append(b"\x01" * (megabytes << 20))
+    return os.getpid()
+
+
+def test_max_memory_per_worker_retires_a_grown_worker(netns: str) -> None:
+    with Pool(max_memory_per_worker=96 << 20) as pool:
+        first = pool.run(netns, pid)
+        assert pool.run(netns, pid) == first  # small: kept
+        assert pool.run(netns, grow, 160) == first  # the result still comes back
+        assert wait_for(lambda: dead(first))
+        second = pool.run(netns, pid)
+        assert second != first
+        assert pool.run(netns, pid) == second
+
+
+@pytest.mark.parametrize("bad", [0, -5, 1.5, True, "1G"])
+def test_max_memory_per_worker_validated(bad: object) -> None:
+    with pytest.raises(ValueError, match="max_memory_per_worker"):
+        Pool(max_memory_per_worker=bad)  # type: ignore[arg-type]
+
+
+# -- kill_workers / terminate_workers -----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("method", "signum"), [("kill_workers", signal.SIGKILL), ("terminate_workers", signal.SIGTERM)]
+)
+def test_kill_and_terminate_workers(make_netns: Callable[[], str], tmp_path: Path, method: str, signum: int) -> None:
+    busy_ns, idle_ns = (f"/run/netns/{make_netns()}" for _ in range(2))
+    before = _children()
+    pool = Pool()
+    idle = pool.run(idle_ns, pid)
+    running = pool.submit(busy_ns, started_then_block, str(tmp_path / "started"))
+    busy = wait_started(tmp_path / "started")
+    queued = pool.submit(busy_ns, pid)
+    getattr(pool, method)()
+    with pytest.raises(WorkerCrashedError, match=rf"{method}\(\)") as raised:
+        running.result(timeout=60)
+    assert signal.Signals(signum).name in str(raised.value)
+    assert queued.cancelled()
+    assert wait_for(lambda: dead(idle) and dead(busy))
+    with pytest.raises(PoolClosedError):
+        pool.run(idle_ns, pid)
+    assert wait_for(lambda: not (_children() - before))
+    assert wait_for(lambda: not [t for t in threading.enumerate() if t.name.startswith("nsworkers-drain")])
+    getattr(pool, method)()  # again: nothing left to do
+    pool.shutdown()
+
+
+def test_kill_workers_from_a_done_callback(pool: Pool, make_netns: Callable[[], str], tmp_path: Path) -> None:
+    a, b = (f"/run/netns/{make_netns()}" for _ in range(2))
+    running = pool.submit(b, started_then_block, str(tmp_path / "started"))
+    busy = wait_started(tmp_path / "started")
+    pool.submit(a, pid).add_done_callback(lambda f: pool.kill_workers())  # runs in a pool thread
+    with pytest.raises(WorkerCrashedError):
+        running.result(timeout=60)
+    assert wait_for(lambda: dead(busy))
+
+
+def test_kill_workers_during_cold_starts(make_netns: Callable[[], str]) -> None:
+    paths = [f"/run/netns/{make_netns()}" for _ in range(6)]
+    before = _children()
+    pool = Pool(spare_workers=0)
+    futures = [pool.submit(path, pid) for path in paths]
+    pool.kill_workers()
+    for future in futures:
+        concurrent.futures.wait([future], timeout=60)
+        assert future.done()
+        assert future.cancelled() or isinstance(future.exception(), (PoolClosedError, WorkerCrashedError))
+    assert wait_for(lambda: not (_children() - before))
+    pool.shutdown()
+
+
+# -- pool.executor(target) ----------------------------------------------------------
+
+
+def twice(x: int) -> int:
+    return 2 * x
+
+
+def add(x: int, y: int) -> int:
+    return x + y
+
+
+def test_executor_submit_map_and_shutdown(pool: Pool, netns: str, tmp_path: Path) -> None:
+    inside = pool.run(netns, my_netns)
+    executor = pool.executor(netns)
+    assert isinstance(executor, concurrent.futures.Executor)
+    assert executor.submit(my_netns).result(timeout=60) == inside
+    assert executor.submit(add, 1, y=2).result(timeout=60) == 3
+    assert list(executor.map(add, range(10), range(10, 30))) == [2 * i + 10 for i in range(10)]
+    assert list(executor.map(twice, range(7), buffersize=2, timeout=60)) == [2 * i for i in range(7)]
+    # shutdown(cancel_futures=True): the call that runs finishes, the queued one is cancelled
+    gate = tmp_path / "gate"
+    running = executor.submit(started_then_wait, str(tmp_path / "started"), str(gate), "ran")
+    assert wait_for((tmp_path / "started").exists)
+    queued = executor.submit(twice, 1)
+    closer = threading.Thread(target=executor.shutdown, kwargs={"cancel_futures": True})
+    closer.start()
+    assert wait_for(queued.cancelled)
+    gate.touch()
+    closer.join(60)
+    assert running.result(timeout=0) == "ran"
+    with pytest.raises(RuntimeError, match="after shutdown"):
+        executor.submit(twice, 1)
+    assert pool.run(netns, my_netns) == inside  # the pool is still up
+    with pool.executor(netns) as other:
+        assert other.submit(twice, 4).result(timeout=60) == 8
+
+
+def test_executor_map_buffersize(pool: Pool, netns: str) -> None:
+    executor = pool.executor(netns)
+    pulled = 0
+
+    def items() -> Iterator[int]:
+        nonlocal pulled
+        for i in range(10):
+            pulled += 1
+            yield i
+
+    results = executor.map(twice, items(), buffersize=3)
+    assert pulled == 3  # submitted at once, before the first result is asked for
+    for taken, result in enumerate(results, 1):
+        assert result == 2 * (taken - 1)
+        assert pulled - taken <= 3
+    with pytest.raises(TypeError):
+        executor.map(twice, [1], buffersize=1.5)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="buffersize"):
+        executor.map(twice, [1], buffersize=0)
+
+
+def test_executor_map_timeout(pool: Pool, netns: str, tmp_path: Path) -> None:
+    executor = pool.executor(netns)
+    results = executor.map(wait_for_file, [str(tmp_path / "gate")], ["x"], timeout=0.01)
+    with pytest.raises(TimeoutError):
+        next(results)
+    (tmp_path / "gate").touch()
+
+
+def test_executor_with_run_in_executor(pool: Pool, netns: str) -> None:
+    executor = pool.executor(netns)
+
+    async def main() -> list[str]:
+        loop = asyncio.get_running_loop()
+        return await asyncio.gather(*(loop.run_in_executor(executor, my_netns) for _ in range(3)))
+
+    assert asyncio.run(main()) == [pool.run(netns, my_netns)] * 3
+
+
+def test_executor_resolves_the_target_at_each_call(pool: Pool, make_netns: Callable[[], str]) -> None:
+    name = make_netns()
+    executor = pool.executor(f"/run/netns/{name}")
+    first = executor.submit(my_netns).result(timeout=60)
+    ip("netns", "del", name)
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    assert executor.submit(my_netns).result(timeout=60) != first
+
+
+def test_executor_of_a_pool_view_keeps_its_timeout(pool: Pool, netns: str, tmp_path: Path) -> None:
+    executor = pool.options(timeout=0.2).executor(netns)
+    with pytest.raises(nsworkers.WorkerTimeoutError):
+        executor.submit(wait_for_file, str(tmp_path / "never"), 1).result(timeout=60)
