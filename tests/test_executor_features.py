@@ -510,4 +510,4 @@ def test_executor_resolves_the_target_at_each_call(pool: Pool, make_netns: Calla
 def test_executor_of_a_pool_view_keeps_its_timeout(pool: Pool, netns: str, tmp_path: Path) -> None:
     executor = pool.options(timeout=0.2).executor(netns)
     with pytest.raises(nsworkers.WorkerTimeoutError):
-        executor.submit(wait_for_file, str(tmp_path / "never"), 1).result(timeout=60)
+        executor.submit(wait_for_file, str(tmp_path / "never"), "1").result(timeout=60)
