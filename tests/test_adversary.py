@@ -5,6 +5,7 @@ Each test is one minimal reproduction: it fails while the break is there.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import errno
 import os
@@ -217,3 +218,56 @@ def test_pool_stays_usable_after_a_storm_of_interrupted_calls(make_netns: Callab
             assert pool.options(timeout=30).run(path, _netns_id) == expected[path]
     finally:
         pool.shutdown(wait=False)
+
+
+def test_submit_result_under_a_storm_of_interrupts_loses_no_call(make_netns: Callable[[], str]) -> None:
+    """``submit().result()`` makes a queued call in the waiting thread -- the main thread, where signals land.
+
+    Every interrupted call must still complete its future (a result or an
+    error) and be counted out: afterwards every namespace is served and
+    ``shutdown(wait=True)`` returns (a call counted in but never out would
+    make it wait for ever).
+    """
+    paths = [f"/run/netns/{make_netns()}" for _ in range(2)]
+    expected = {path: f"net:[{os.stat(path).st_ino}]" for path in paths}
+    pool = Pool(max_workers=2)
+    stop = threading.Event()
+
+    def storm() -> None:
+        rng = random.Random(13)
+        while not stop.wait(rng.uniform(0.001, 0.03)):
+            os.kill(os.getpid(), signal.SIGUSR1)
+
+    futures = []
+    previous = signal.signal(signal.SIGUSR1, _raise_interrupted)
+    sender = threading.Thread(target=storm)
+    try:
+        sender.start()
+        done = 0
+        while done < 600:
+            try:
+                path = paths[done % 2]
+                done += 1
+                future = pool.options(timeout=10).submit(path, _netns_id)
+                futures.append(future)
+                assert future.result() == expected[path]
+            except (_Interrupted, NsWorkersError):
+                pass
+    finally:
+        signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+        stop.set()
+        if sender.is_alive():
+            sender.join()
+        signal.signal(signal.SIGUSR1, previous)
+    try:
+        for path in paths:
+            assert pool.options(timeout=30).run(path, _netns_id) == expected[path]
+        assert not concurrent.futures.wait(futures, timeout=120).not_done  # each one ended, one way or another
+    finally:
+        closer = threading.Thread(target=pool.shutdown)
+        closer.start()
+        closer.join(120)  # a detector of a hang, not a timing: shutdown waits only for calls in flight
+        hung = closer.is_alive()
+        if hung:
+            pool.shutdown(wait=False)
+    assert not hung, "shutdown(wait=True) waited for a call that was never counted out"

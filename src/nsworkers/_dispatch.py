@@ -56,6 +56,35 @@ class CallFuture(Future[Any]):
     _stop: Callable[[], None] | None = None  # kills the worker while a request is out (armed)
     _settling = False  # the exchange ended: too late to cancel
     _callbacks_due = False  # cancelled while running: the callbacks are still to run
+    _dispatcher: Dispatcher | None = None
+    _job: _Job | None = None  # until a thread takes the call to make it
+
+    def result(self, timeout: float | None = None) -> Any:
+        """As ``Future.result``; with no *timeout*, a call still queued is made here (see :meth:`_run_here`)."""
+        if timeout is None and self._job is not None:
+            self._run_here()
+        return super().result(timeout)
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        """As ``Future.exception``; with no *timeout*, a call still queued is made here."""
+        if timeout is None and self._job is not None:
+            self._run_here()
+        return super().exception(timeout)
+
+    def _run_here(self) -> None:
+        """Take a still-queued call back from its queue and make it in this thread.
+
+        ``pool.submit(ns, f).result()`` would otherwise cross two threads: a
+        drain thread wakes to make the call, and this one wakes when it is
+        done. Made here, it is the same call -- the same deadlines, retries
+        and typed errors -- without either hop. A call a drain thread took
+        first is waited for as usual. Only a wait with no timeout takes a
+        call back: a ``result(timeout=...)`` must return by its timeout,
+        which the call's own may exceed.
+        """
+        job, dispatcher = self._job, self._dispatcher
+        if job is not None and dispatcher is not None and dispatcher.take_back(job):
+            dispatcher.run(job)
 
     def cancel(self) -> bool:
         with self._condition:
@@ -118,13 +147,14 @@ def cancel_pending(future: Future[Any]) -> None:
 
 
 class _Job:
-    __slots__ = ("call", "future", "target", "timeout")
+    __slots__ = ("call", "future", "queue", "target", "timeout")
 
     def __init__(self, future: CallFuture, target: Target, call: Call, timeout: float | None) -> None:
         self.future = future
         self.target = target
         self.call = call
         self.timeout = timeout
+        self.queue: _Queue | None = None  # while it waits in one
 
 
 class _Queue:
@@ -201,11 +231,13 @@ class Dispatcher:
     def submit(self, target: Target, call: Call, timeout: float | None) -> Future[Any]:
         """Queue a counted call; its future completes with the result or the typed error."""
         job = _Job(CallFuture(), target, call, timeout)
+        job.future._dispatcher, job.future._job = self, job
         with self._lock:
             queue = self._queues.get(target.key)
             if queue is None:
                 queue = self._queues[target.key] = _Queue()
             queue.jobs.append(job)
+            job.queue = queue
             start = queue.drains < self._per_ns
             if start:
                 queue.drains += 1
@@ -222,18 +254,36 @@ class Dispatcher:
                         del self._queues[key]
                     return
                 job = queue.jobs.popleft()
-            if not job.future.set_running_or_notify_cancel():
-                self._dropped()
-                continue
-            try:
-                result = self._execute(job.target, job.call, job.timeout, job.future)
-            except CallCancelled:
-                job.future.run_callbacks_due()  # if cancel() itself was interrupted before it could
-            except BaseException as exc:
-                _settle(job.future, exc, True)
-            else:
-                _settle(job.future, result, False)
+                job.queue = None
+            self.run(job)
             del job
+
+    def take_back(self, job: _Job) -> bool:
+        """Take *job* out of its queue if no drain thread took it yet (the caller then :meth:`run` s it)."""
+        with self._lock:
+            queue, job.queue = job.queue, None
+            if queue is None:
+                return False
+            queue.jobs.remove(job)
+        return True
+
+    def run(self, job: _Job) -> None:
+        """Make a job's call, in a drain thread or in the thread waiting for it, and complete its future."""
+        future = job.future
+        future._job = None
+        if not future.set_running_or_notify_cancel():
+            self._dropped()
+            return
+        try:
+            result = self._execute(job.target, job.call, job.timeout, future)
+        except CallCancelled:
+            future.run_callbacks_due()  # if cancel() itself was interrupted before it could
+        except BaseException as exc:
+            _settle(future, exc, True)
+            if not isinstance(exc, Exception) and not in_pool_thread():
+                raise  # a signal's exception in the waiting thread: it ended the call, and reaches the thread
+        else:
+            _settle(future, result, False)
 
     def cancel_queued(self) -> int:
         """Cancel every job not started yet; returns how many."""
@@ -241,6 +291,8 @@ class Dispatcher:
             jobs = [job for queue in self._queues.values() for job in queue.jobs]
             for queue in self._queues.values():
                 queue.jobs.clear()
+            for job in jobs:
+                job.queue = None
         for job in jobs:
             job.future.cancel_pending()
             self._dropped()
