@@ -127,6 +127,13 @@ def p1_contenders(path: str, cpu: int | None) -> dict[str, tuple[Callable[[], No
     out["nsworkers pool.run(Namespace)"] = (lambda: pool.run(ns, noop), close_pool)
     out["nsworkers submit().result()"] = (lambda: pool.submit(ns, noop).result(), lambda: None)
     out["nsworkers pool.run(__main__ function)"] = (lambda: pool.run(ns, main_noop), lambda: None)
+    executor = pool.executor(ns)
+    out["nsworkers pool.executor(ns).submit().result()"] = (lambda: executor.submit(noop).result(), lambda: None)
+    # A feature with a cost on every call: the worker's RSS read after each one (the bound is never hit).
+    capped = nsworkers.Pool(max_memory_per_worker=1 << 40)
+    if cpu is not None:
+        capped.run(ns, os.sched_setaffinity, 0, {cpu})
+    out["nsworkers run(Namespace), max_memory_per_worker"] = (lambda: capped.run(ns, noop), capped.shutdown)
 
     out["ProcessPoolExecutor"] = _executor_contender(
         lambda: concurrent.futures.ProcessPoolExecutor(1, mp_context=__import__("multiprocessing").get_context("fork")),
