@@ -21,6 +21,8 @@ import nsworkers
 from nsworkers._messages import CONTROL_BUFFER, Reaped, ReapRequest
 from nsworkers._zygote import _Zygote
 
+from .conftest import wait_for
+
 
 def test_a_status_kept_for_a_reused_pid_does_not_answer_for_the_live_process() -> None:
     # Pids wrap: a stopped worker's status may still be kept when a new worker gets its pid.
@@ -105,21 +107,23 @@ def test_the_first_worker_already_inherits_its_callables_module(
         assert _zygote_threads(pool) == 1
 
 
+_STARTS_A_THREAD = """
+    import os, threading
+    stop = threading.Event()
+    threading.Thread(target=stop.wait, daemon=True).start()
+
+    def who():
+        return os.getpid()
+    """
+
+
 @pytest.mark.privileged
 def test_a_module_that_starts_a_thread_is_never_imported_into_the_zygote(
     modules_dir: tuple[Path, str], make_netns: Callable[[], str]
 ) -> None:
     directory, suffix = modules_dir
     name = f"nswt_threads_{suffix}"
-    source = """
-        import os, threading
-        stop = threading.Event()
-        threading.Thread(target=stop.wait, daemon=True).start()
-
-        def who():
-            return os.getpid()
-        """
-    _write_module(directory, name, source)
+    _write_module(directory, name, _STARTS_A_THREAD)
     module = importlib.import_module(name)
     first, second = (f"/run/netns/{make_netns()}" for _ in range(2))
     try:
@@ -159,3 +163,36 @@ def test_inspect_with_a_plain_pool_teaches_its_zygote_the_netlink_modules(make_n
         assert entry["ok"]
         loaded = _modules_of_a_new_worker(pool, second)
     assert "nsworkers.netlink" in loaded and "nsworkers.netlink._dumps" in loaded
+
+
+@pytest.mark.privileged
+def test_modules_a_first_call_imports_are_learned_but_not_one_that_starts_a_thread(
+    modules_dir: tuple[Path, str], make_netns: Callable[[], str]
+) -> None:
+    # The worker reports what its first call imported; the zygote learns it between requests,
+    # with the same trial as for a callable's own module, in the order the call imported them.
+    directory, suffix = modules_dir
+    threads, plain, caller = (f"nswt_{kind}_{suffix}" for kind in ("lazythreads", "lazyplain", "lazycaller"))
+    _write_module(directory, threads, _STARTS_A_THREAD)
+    _write_module(directory, plain, "import os\nIMPORTED_BY = os.getpid()\n")
+    source = f"""
+        import importlib, os
+
+        def lazily():
+            started = importlib.import_module("{threads}")
+            try:
+                return importlib.import_module("{plain}").IMPORTED_BY, os.getpid()
+            finally:
+                started.stop.set()
+        """
+    _write_module(directory, caller, source)
+    module = importlib.import_module(caller)
+    first, second = (f"/run/netns/{make_netns()}" for _ in range(2))
+    with nsworkers.Pool(max_tasks_per_worker=1) as pool:  # a fresh worker for every call
+        imported_by, worker = pool.run(first, module.lazily)
+        assert imported_by == worker  # not known yet: the worker imported it
+        assert wait_for(lambda: plain in _modules_of_a_new_worker(pool, second))
+        assert threads not in _modules_of_a_new_worker(pool, second)  # refused: it came first in the report
+        assert _zygote_threads(pool) == 1
+        imported_by, worker = pool.run(second, module.lazily)
+        assert imported_by == pool._spawner.zygote_pid  # type: ignore[attr-defined]

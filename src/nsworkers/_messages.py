@@ -19,15 +19,23 @@ Data flow (one cold call, then warm ones)::
       <---------------------------------------- frame READY(id 0, Ready(pid, joined)) ---------+
       frame CALL(id n, CallBody) ---------------------------------------------------------------> fn(*args, **kwargs)
       <---------------------------------------- frame OK(id n, result) | RAISED | ... ---------
+                                     <== after its first call only: what it imported (text) ==
+                                     learned when no request waits (same trial)
       _calls.outcome(): result, or the typed error
       ReapRequest(id, pid, kill) ==> waitpid / kill         <== Reaped(id, pid, status, killed)
 
-Two transports:
+Three transports:
 
 * **caller <-> zygote**: one ``SOCK_SEQPACKET`` socketpair, one pickled record
   per datagram (:class:`SpawnRequest`, :class:`ReapRequest` one way;
   :class:`Spawned`, :class:`Reaped`, :class:`RequestFailed` the other), fds by
   ``SCM_RIGHTS``. These are rare; they travel as the named records below.
+* **worker -> zygote**: the spare's ``SOCK_SEQPACKET`` socketpair, which
+  carried its :class:`SpareAssignment`, carries back one datagram after the
+  worker's first call: the modules that call imported, as plain text
+  (``name NUL file NUL ...``, never a pickle: the worker ran a callable in a
+  target), so that the zygote can learn them too. Then it is closed. (A
+  worker forked on request, ``spare_workers=0``, has none: it reports nothing.)
 * **caller <-> worker**: two private pipes (one per direction) carrying
   frames. A frame's header names its kind and request id, so neither costs a
   pickle on the hot path::

@@ -238,7 +238,9 @@ class Pool(_Caller):
             single-threaded fork server; ``"fork"`` forks the caller itself, so
             workers see its state (only safe in a single-threaded caller).
         preload: modules the zygote imports before forking, so workers start
-            with them loaded and shared (e.g. ``("pyroute2",)``).
+            with them loaded and shared (e.g. ``("pyroute2",)``). Without it,
+            the zygote learns the modules of the callables workers start for
+            and what their first calls import (see ``_zygote``).
         spare_workers: processes the zygote keeps forked ahead of need, not
             yet in any namespace, so that a cold call skips the fork (about
             1 ms); each is an idle process of ~1.5 MB. 0: fork on request.

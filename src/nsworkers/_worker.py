@@ -41,6 +41,7 @@ from typing import Any, NoReturn
 from . import _sys
 from ._messages import (
     CALL,
+    CONTROL_BUFFER,
     DILL,
     FATAL,
     JOIN_FAILED,
@@ -165,7 +166,6 @@ def _spare(sock: socket.socket, parent_pid: int) -> int:
         return 1
     _rehearse()
     msg, fds, _, _ = _sys.recv_fds(sock, 1 << 16, 2 + _MAX_TARGETS)
-    sock.close()
     if not msg:
         return 0  # the zygote no longer needs us
     assignment: SpareAssignment = pickle.loads(msg)
@@ -173,7 +173,7 @@ def _spare(sock: socket.socket, parent_pid: int) -> int:
         return 1  # not what the zygote sends: its request fails as a start-up crash
     targets = [(fds[t.fd_index], t.flag, t.type_name, t.ident) for t in assignment.targets]
     set_name("nsw-worker")
-    return _start((fds[-2], fds[-1]), targets, assignment.native)
+    return _start((fds[-2], fds[-1]), targets, assignment.native, sock)
 
 
 def _rehearse() -> None:
@@ -213,7 +213,10 @@ def _main(
     return _start(fds, targets, native)
 
 
-def _start(fds: tuple[int, int], targets: list[TargetSpec], native: tuple[str, ...]) -> int:
+def _start(
+    fds: tuple[int, int], targets: list[TargetSpec], native: tuple[str, ...], report: socket.socket | None = None
+) -> int:
+    """Join, then serve; *report*: the spare's socket to the zygote, for :func:`_report_imports`."""
     global _ns_dir, _caller_root
     # Opened before joining: after a mount-namespace join /proc may be another
     # pid namespace's procfs, where /proc/self does not resolve.
@@ -254,7 +257,7 @@ def _start(fds: tuple[int, int], targets: list[TargetSpec], native: tuple[str, .
             links.append((fd, os.readlink("", dir_fd=fd)))
     chan.send_obj(READY, 0, Ready(os.getpid(), joined))
     os.close(_ns_dir)
-    return _serve(chan, links)
+    return _serve(chan, links, report)
 
 
 def _load_native(names: tuple[str, ...]) -> None:
@@ -379,7 +382,7 @@ def caller_open(path: str) -> int:
 
 
 _forked = False  # set in a child forked by a callable (os.register_at_fork)
-_channel_fds: tuple[int, int] = (-1, -1)
+_channel_fds: tuple[int, ...] = (-1, -1)
 
 
 def _after_fork_in_callable_child() -> None:
@@ -402,12 +405,13 @@ def _after_fork_in_callable_child() -> None:
         pass
 
 
-def _serve(chan: Channel, links: list[tuple[int, str]]) -> int:
+def _serve(chan: Channel, links: list[tuple[int, str]], report: socket.socket | None = None) -> int:
     global _channel_fds
     # A callable that forks and returns in the child must not reach the channel. Every
     # fork Python code can return from (os.fork, os.forkpty, multiprocessing) runs the
     # at-fork hooks; a flag costs nothing per call where getpid() was a system call.
-    _channel_fds = (chan.rfd, chan.wfd)
+    _channel_fds = (chan.rfd, chan.wfd) if report is None else (chan.rfd, chan.wfd, report.fileno())
+    modules_before = len(sys.modules)
     os.register_at_fork(after_in_child=_after_fork_in_callable_child)
     recv, send, readlink = chan.recv, chan.send, os.readlink
     functions: dict[int, Any] = {}  # callables the caller names by number (_calls.index_of)
@@ -459,8 +463,50 @@ def _serve(chan: Channel, links: list[tuple[int, str]]) -> int:
         if fatal:
             chan.send_obj(FATAL, request_id, Fatal(reply_kind, codec, data))
             return 4
+        if report is not None:  # the first call only: the warm path pays this one test
+            _channel_fds = (chan.rfd, chan.wfd)
+            _report_imports(report, modules_before)
+            report = None
         send(reply_kind, request_id, codec, data)
         del data
+
+
+#: Most modules one report names (it must fit one control datagram; the zygote learns at most _MAX_LEARNED).
+_MAX_REPORTED = 512
+
+
+def _report_imports(report: socket.socket, since: int) -> None:
+    """Tell the zygote what the first call imported (``_zygote._Zygote.read_report``), then close *report*.
+
+    ``sys.modules`` keeps insertion order, so what came after *since* is new.
+    One datagram of ``name NUL file NUL ...`` -- plain text: the zygote must
+    not unpickle what a process that ran a callable in a target says. Done
+    before the first reply, so that a caller holding it sees a worker with no
+    fd but its own; when the call imported nothing, that is one ``close``.
+    """
+    try:
+        if len(sys.modules) <= since:
+            return
+        entries: list[bytes] = []
+        size = 0
+        for name in list(sys.modules)[since : since + _MAX_REPORTED]:
+            spec = getattr(sys.modules.get(name), "__spec__", None)
+            origin = getattr(spec, "origin", None)
+            if name in ("__main__", "__mp_main__") or not getattr(spec, "has_location", False):
+                continue
+            if not isinstance(origin, str):
+                continue
+            entry = f"{name}\0{origin}".encode(errors="surrogateescape")
+            size += len(entry) + 1
+            if size > CONTROL_BUFFER:
+                break
+            entries.append(entry)
+        if entries:
+            report.send(b"\0".join(entries), socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL)
+    except Exception:  # pragma: no cover - only an optimization; the zygote may be gone
+        pass
+    finally:
+        report.close()
 
 
 def adopt_main_names(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:

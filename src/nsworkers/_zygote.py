@@ -4,10 +4,12 @@ It runs in a fresh interpreter and imports only what a worker needs: this
 module, ``_worker``, ``_messages``, the pool's *preload* list, and the modules
 it *learns*: the module of a callable a spawn request names (``SpawnRequest.learn``)
 is imported here before that worker starts, so that it and every later worker
-inherit it instead of importing it each (``_Zygote.learn``). Only after a
-throw-away child imported it and stayed single-threaded, childless, with no
-new fd or signal handler, and from the same files as in the caller
-(:func:`trial_import`); refusals are remembered. Of our own modules, it
+inherit it instead of importing it each (``_Zygote.learn``); and so are,
+between requests, the modules a worker reports its first call imported
+(``_Zygote.read_report``). Only after a throw-away child imported it and
+stayed single-threaded, childless, with no new fd or signal handler, and
+from the same files as in the caller or worker (:func:`trial_import`);
+refusals are remembered. Of our own modules, it
 must not import ``threading`` (nor ``logging`` or ``subprocess``, which do):
 a module that registers an at-fork hook runs Python code in every forked
 worker, which touched about 130 more copy-on-write pages per worker here.
@@ -60,10 +62,12 @@ from ._sys import recv_fds
 _MAX_STATUSES = 4096
 _EXIT_GRACE = 1.0  # seconds a worker that closed its channel (or was killed) gets to finish exiting
 _MAX_PASSED_FDS = 16
-_MAX_LEARNED = 64  # modules the zygote imports for callables, beyond its preload
+_MAX_LEARNED = 256  # modules the zygote imports for callables (after a trial each), beyond its preload
 _MAX_REFUSED = 1024  # modules remembered as not to be imported here (never tried again)
 _TRIAL_TIMEOUT = 5.0  # seconds a trial import may take; slower ones are not worth learning
 _PR_SET_CHILD_SUBREAPER = 36
+_MAX_REPORTS = 64  # workers' report sockets kept open at once (see _Zygote.read_report)
+_MAX_QUEUED = 1024  # reported modules waiting to be learned
 
 
 def close_all(*fds: int) -> None:
@@ -248,6 +252,10 @@ class _Zygote:
         self.spares: collections.deque[_Spare] = collections.deque()
         self.learned: set[str] = set()
         self.refused: dict[str, str] = {}  # module -> why it is not imported here
+        self.reports: dict[int, socket.socket] = {}  # fd -> a new worker's socket, until it reports
+        self.to_learn: collections.OrderedDict[str, str] = collections.OrderedDict()  # reported: name -> file
+        self.poller = select.poll()  # the control socket and the report sockets
+        self.poller.register(ctl, select.POLLIN)
 
     def on_sigchld(self, signum: int, frame: object) -> None:
         while True:
@@ -333,6 +341,7 @@ class _Zygote:
             try:
                 _worker.reset_signals()  # first: nothing may run our SIGCHLD handler here
                 close_all(*ours, *(s.pidfd for s in self.spares))
+                self.close_reports()
                 self.ctl.close()
                 _worker.child_main(theirs, specs, self.pid, True, request.native)
             finally:
@@ -355,6 +364,7 @@ class _Zygote:
                 _worker.reset_signals()  # first: nothing may run our SIGCHLD handler here
                 for spare in self.spares:
                     spare.close()
+                self.close_reports()
                 ours.close()
                 self.ctl.close()
                 _worker.spare_main(theirs, self.pid)
@@ -374,12 +384,41 @@ class _Zygote:
             try:
                 assignment = SpareAssignment(request.targets, request.native)
                 socket.send_fds(spare.sock, [pickle.dumps(assignment)], [*fds, *theirs])
-                return spare.pid, spare.pidfd
             except OSError:
-                close_all(spare.pidfd)
+                spare.close()
                 continue  # that spare died (SIGCHLD reaps it): take the next
-            finally:
-                spare.sock.close()
+            self.listen_for_report(spare.sock)
+            return spare.pid, spare.pidfd
+
+    def listen_for_report(self, sock: socket.socket) -> None:
+        """Keep a new worker's socket until it says what its first call imported (or exits)."""
+        if len(self.reports) >= _MAX_REPORTS:
+            sock.close()
+            return
+        self.reports[sock.fileno()] = sock
+        self.poller.register(sock, select.POLLIN)
+
+    def read_report(self, fd: int) -> None:
+        """Queue what a worker's first call imported (``_worker._report_imports``), to learn when no request waits."""
+        sock = self.reports.pop(fd, None)
+        self.poller.unregister(fd)
+        if sock is None:
+            return
+        try:
+            data = sock.recv(CONTROL_BUFFER, socket.MSG_DONTWAIT)
+        except OSError:
+            data = b""
+        sock.close()
+        parts = data.decode(errors="surrogateescape").split("\0") if data else []
+        for name, origin in zip(parts[::2], parts[1::2], strict=False):  # an odd tail is dropped
+            if len(self.to_learn) >= _MAX_QUEUED:
+                break
+            if name and name not in self.learned and name not in self.refused:
+                self.to_learn.setdefault(name, origin)
+
+    def close_reports(self) -> None:
+        for sock in self.reports.values():
+            sock.close()
 
     def reap(self, request: ReapRequest) -> None:
         pid = request.pid
@@ -423,7 +462,9 @@ class _Zygote:
     def serve(self) -> None:
         pending = select.poll()
         pending.register(self.ctl, select.POLLIN)
+        ctl_fd = self.ctl.fileno()
         filling = False
+        stale_spares = False
         while True:
             # Between requests, refill the spares once they are all used, all at once:
             # after a fork every page the zygote writes is copied, so forks back to back
@@ -437,6 +478,21 @@ class _Zygote:
                     self.want_spares = len(self.spares)  # cannot fork now: fork on demand instead
                 if len(self.spares) >= self.want_spares and not pending.poll(0):
                     _rehearse()
+                continue
+            # Between requests, learn what workers reported, one module at a time.
+            if self.to_learn and not pending.poll(0):
+                name, origin = self.to_learn.popitem(last=False)
+                stale_spares = self.learn(((name, origin),)) or stale_spares
+                if stale_spares and not self.to_learn:
+                    stale_spares = False
+                    while self.spares:  # forked before: a fresh fork is cheaper than their import
+                        self.spares.popleft().close()
+                continue
+            ready = self.poller.poll()
+            for fd, _ in ready:
+                if fd != ctl_fd:
+                    self.read_report(fd)
+            if not any(fd == ctl_fd for fd, _ in ready):
                 continue
             try:
                 data, fds, _flags, _addr = recv_fds(self.ctl, CONTROL_BUFFER, _MAX_PASSED_FDS)
