@@ -211,6 +211,10 @@ _SECTION_NAMES = (
 )  # fmt: skip
 
 
+#: Errors that mean a namespace found by the scan was deleted before it was joined.
+_GONE = frozenset(("NamespaceNotFoundError", "NotANamespaceError"))
+
+
 def _cmd_inspect(args: argparse.Namespace) -> int:
     from ._inspect import inspect, network_namespaces
 
@@ -219,8 +223,10 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
         chosen = [ns for ns in discover(["net"]) if ns.paths and _matches(ns.attribution, args)]
         targets = [ns.paths[0] for ns in chosen]
+        scanned = True
     else:
-        targets = args.namespaces if args.namespaces and not args.all else network_namespaces()
+        scanned = not args.namespaces or args.all
+        targets = network_namespaces() if scanned else args.namespaces
     if not targets:
         print("nsworkers: no network namespace found", file=sys.stderr)
         return EXIT_ERROR
@@ -231,11 +237,15 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
         progress = tqdm(total=len(targets), unit="ns", file=sys.stderr, leave=False)
     entries: list[dict[str, Any]] = []
     errors: list[str] = []
+    gone = 0
     try:
         batch = inspect(
             targets, what=args.what, jobs=args.jobs, timeout=args.timeout, stats=args.stats, details=args.details
         )
         for entry in batch:
+            if scanned and not entry["ok"] and entry["error"]["type"] in _GONE:
+                gone += 1  # deleted since the scan (a pod that went away): not a failure of this run
+                continue
             if not entry["ok"]:
                 errors.append(entry["error"]["message"])
                 print(f"nsworkers: {entry['namespace']}: {entry['error']['message']}", file=sys.stderr)
@@ -255,7 +265,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     elif args.format == "table":
         entries.sort(key=lambda e: e["namespace"])
         _table(entries, sys.stdout)
-    return _exit_code(errors, len(targets), args)
+    return _exit_code(errors, len(targets) - gone, args)
 
 
 def _cmd_watch(args: argparse.Namespace) -> int:
