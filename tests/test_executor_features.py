@@ -310,6 +310,38 @@ def test_a_worker_dying_in_its_initializer(netns: str) -> None:
         assert pool.workers(memory=False) == []
 
 
+def block_on_first_worker(marker: str) -> None:
+    """Initializer: the first worker says it runs it (pid in *marker*), then blocks; later ones pass."""
+    if not os.path.exists(marker):
+        started_then_block(marker)
+
+
+def test_a_signal_during_the_initializer(netns: str, tmp_path: Path) -> None:
+    """A signal handler's exception while the caller waits for the initializer: worker killed, slot kept."""
+    marker = tmp_path / "started"
+    before = _children()
+    previous = signal.signal(signal.SIGUSR1, _raise_interrupted)
+    try:
+        with Pool(initializer=block_on_first_worker, initargs=(str(marker),)) as pool:
+
+            def interrupt() -> None:
+                wait_started(marker)
+                os.kill(os.getpid(), signal.SIGUSR1)
+
+            sender = threading.Thread(target=interrupt)
+            sender.start()
+            with pytest.raises(_Interrupted):
+                pool.run(netns, pid)
+            sender.join()
+            first = int(marker.read_text())
+            assert wait_for(lambda: dead(first))
+            assert pool.workers(memory=False) == []
+            assert pool.options(timeout=60).run(netns, pid) != first
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+    assert wait_for(lambda: not (_children() - before))
+
+
 def test_initializer_checked_when_the_pool_is_made() -> None:
     with pytest.raises(TypeError):
         Pool(initializer=42)  # type: ignore[arg-type]

@@ -906,12 +906,10 @@ def _rss(worker: Worker) -> int:
     try:
         pids = [pid]
         if link.relayed:
-            with open(f"/proc/{pid}/task/{pid}/children", "rb") as children:
-                pids += [int(child) for child in children.read().split()]
+            pids += [int(child) for child in _read(f"/proc/{pid}/task/{pid}/children").split()]
         pages = 0
         for each in pids:
-            with open(f"/proc/{each}/statm", "rb") as statm:
-                pages += int(statm.read().split()[1])
+            pages += int(_read(f"/proc/{each}/statm").split()[1])
     except (OSError, ValueError, IndexError):
         return 1 << 62
     if link.chan.pidfd >= 0:
@@ -920,6 +918,15 @@ def _rss(worker: Worker) -> int:
         if poller.poll(0):
             return 1 << 62  # it exited while we read: what we read may be another process's
     return pages * _PAGE_SIZE
+
+
+def _read(path: str) -> bytes:
+    """A small /proc file in one read (os.open: half the cost of open() here, ~7 us)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return os.read(fd, 4096)
+    finally:
+        os.close(fd)
 
 
 def _memory(pid: int) -> tuple[int | None, int | None]:
