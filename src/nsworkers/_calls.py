@@ -119,8 +119,8 @@ _MISSING = object()
 def _inputs(fn: types.FunctionType, seen: set[int]) -> list[object] | None:
     """Everything dill would send for *fn* by value, as objects compared by identity; None if some can change unseen.
 
-    Its code, name, defaults, closure cells and the globals its code (and
-    nested code) names; recursively the same for functions it uses that go
+    Its code, name, docstring, annotations, defaults, closure cells and the
+    globals its code (and nested code) names; recursively the same for functions it uses that go
     by value. A value that can change without being rebound -- a list, a
     dict, an instance, a class sent by value, a function with attributes --
     makes the function unnumberable.
@@ -131,6 +131,8 @@ def _inputs(fn: types.FunctionType, seen: set[int]) -> list[object] | None:
     if fn.__dict__:
         return None
     out: list[object] = [fn.__code__, fn.__name__, fn.__qualname__, fn.__defaults__, fn.__kwdefaults__]
+    out += (fn.__doc__, fn.__module__, fn.__annotations__)  # dill sends them too; code may read them
+    out += (item for pair in fn.__annotations__.items() for item in pair)  # by identity: types are never copied
     values: list[object] = list(fn.__defaults__ or ())
     values += (fn.__kwdefaults__ or {}).values()
     for cell in fn.__closure__ or ():
@@ -204,15 +206,26 @@ class Call:
     def registration(self) -> tuple[int, bytes]:
         """The body that sends the function itself and asks the worker to keep it under ``index``.
 
-        Code sent by value is checked again after pickling: if another thread
-        rebound something it uses meanwhile, it goes without the number.
+        Code sent by value is checked again right before and right after
+        pickling: if what it uses is not what the number stands for at either
+        moment (another thread rebound something since the call was numbered,
+        or meanwhile), it goes without the number. Both checks, because a
+        value rebound and then restored around the pickling passes the check
+        after (it is the snapshot's object again) while the worker got the
+        other one. (Left open: two rebinds, away and back, both inside one
+        pickling.)
         """
+        if self.index is not None and not _still_numbered(self.fn, self.index):
+            return self._unnumbered()
         body = m.dumps((self.fn, self.args, self.kwargs, self.index))
         if self.index is not None and not _still_numbered(self.fn, self.index):
-            self.index = None
-            self.codec, self.payload = m.dumps((self.fn, self.args, self.kwargs, None))
-            return self.codec, self.payload
+            return self._unnumbered()
         return body
+
+    def _unnumbered(self) -> tuple[int, bytes]:
+        self.index = None
+        self.codec, self.payload = m.dumps((self.fn, self.args, self.kwargs, None))
+        return self.codec, self.payload
 
     def as_dill(self) -> bool:
         """Switch to sending everything by value; False if it already was."""
