@@ -5,8 +5,12 @@ Each test is one minimal reproduction: it fails while the break is there.
 
 from __future__ import annotations
 
+import importlib
 import inspect
-from collections.abc import Callable
+import os
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -86,3 +90,92 @@ def test_a_global_rebound_and_restored_around_the_registration_is_not_kept_stale
             assert fresh.run(netns, read_level) == "v0"
     finally:
         LEVEL = "v0"
+
+
+def test_a_module_the_caller_reloaded_is_not_run_stale_by_new_workers(
+    tmp_path: Path, make_netns: Callable[[], str]
+) -> None:
+    """A worker started after the caller reloaded a module runs the reloaded code.
+
+    Broke: the zygote learned ``mod`` at the first call (imported it once,
+    for every later worker to inherit) and never looked again. After the
+    caller edited the file and ``importlib.reload(mod)``-ed it, a worker
+    started for another namespace -- one that had never run anything --
+    still ran the old ``mod.f``: code the caller no longer had. Before the
+    zygote learned modules, that worker imported the file itself.
+    """
+    name = f"nswt_reloaded_{os.getpid()}"
+    source = tmp_path / f"{name}.py"
+    source.write_text("def f():\n    return 'v1'\n")
+    sys.path.insert(0, str(tmp_path))
+    try:
+        module = importlib.import_module(name)
+        with Pool() as pool:  # its zygote gets sys.path as it is now
+            assert pool.run(f"/run/netns/{make_netns()}", module.f) == "v1"
+            source.write_text("def f():\n    return 'v2, reloaded'\n")
+            importlib.reload(module)
+            assert pool.run(f"/run/netns/{make_netns()}", module.f) == "v2, reloaded"
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop(name, None)
+
+
+_NS_MODULE = """
+import os
+NET = os.readlink("/proc/self/ns/net")  # read once, where the module is imported
+
+
+def where():
+    return NET
+"""
+
+
+@pytest.fixture
+def ns_module(tmp_path: Path) -> Iterator[str]:
+    """The name of a module, importable from sys.path, that reads its network namespace at import."""
+    name = f"nswt_nsread_{os.getpid()}"
+    (tmp_path / f"{name}.py").write_text(_NS_MODULE)
+    sys.path.insert(0, str(tmp_path))
+    try:
+        yield name
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop(name, None)
+
+
+def _net_of(path: str) -> str:
+    return f"net:[{os.stat(path).st_ino}]"
+
+
+def test_module_level_code_of_a_callable_runs_in_the_target(ns_module: str, make_netns: Callable[[], str]) -> None:
+    """A module imported for a callable must not read the caller's namespaces in its place.
+
+    Broke: the zygote learned the callable's module -- imported it once,
+    in the caller's namespaces, for every worker to inherit. A module that
+    reads namespace state at import (``NET = readlink(/proc/self/ns/net)``,
+    ``NAMES = socket.if_nameindex()``, ``HOST = gethostname()``) then served
+    the caller's values from every namespace, silently: before, each
+    worker imported it after its join, in its target.
+    """
+    module = importlib.import_module(ns_module)
+    with Pool() as pool:  # its zygote gets sys.path as it is now
+        for _ in range(2):
+            netns = f"/run/netns/{make_netns()}"
+            assert pool.run(netns, module.where) == _net_of(netns)
+
+
+def test_module_a_first_call_imports_lazily_runs_in_the_target(ns_module: str, make_netns: Callable[[], str]) -> None:
+    """The same break through the zygote learning what a worker's first call imported.
+
+    Broke: a callable importing that module inside its body made the
+    worker report it, the zygote imported it in the caller's namespaces,
+    and the next workers, for other namespaces, answered with the caller's.
+    """
+
+    def lazily() -> str:
+        return str(importlib.import_module(ns_module).where())
+
+    with Pool() as pool:
+        for _ in range(4):  # the zygote learns between requests: give it a few
+            netns = f"/run/netns/{make_netns()}"
+            assert pool.run(netns, lazily) == _net_of(netns)

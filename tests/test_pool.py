@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import functools
 import os
@@ -679,8 +680,11 @@ def test_shutdown_leaves_nothing(netns: str) -> None:
     pool = Pool()
     pool.run(netns, pid)
     pool.submit(netns, pid).result()
-    children = psutil.Process().children(recursive=True)
-    assert {c.name() for c in children} >= {"nsw-zygote", "nsw-worker", "nsw-spare"}
+    names = set()
+    for child in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.NoSuchProcess):  # a zygote's trial import child, gone meanwhile
+            names.add(child.name())
+    assert names >= {"nsw-zygote", "nsw-worker", "nsw-spare"}
     pool.shutdown()
     assert wait_for(lambda: not psutil.Process().children(recursive=True))
     assert set(os.listdir("/proc/self/fd")) <= fds_before

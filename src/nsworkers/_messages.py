@@ -117,13 +117,15 @@ class SpawnRequest(NamedTuple):
     ``_spawners.module_chain``). The zygote imports it before starting this
     worker, if a throw-away child shows the import is harmless and resolves
     to the same files (see ``_zygote.trial_import``), so that every later
-    worker inherits it.
+    worker inherits it. ``relearn``: the caller reloaded that module since
+    it last offered it; the zygote reloads its copy too.
     """
 
     request_id: int
     targets: tuple[TargetWire, ...]
     native: tuple[str, ...] = ()
     learn: tuple[tuple[str, str], ...] = ()
+    relearn: bool = False
 
 
 class Spawned(NamedTuple):

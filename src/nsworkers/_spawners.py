@@ -122,7 +122,8 @@ class _Connection:
         self.lock = threading.Lock()  # guards waiters and alive; never held while blocking
         self.waiters: dict[int, _Waiter] = {}
         self.pids: set[int] = set()
-        self.offered: set[str] = set()  # modules this zygote was asked to learn (it remembers its answer)
+        #: Modules this zygote was asked to learn (it remembers its answer), with their spec as then.
+        self.offered: dict[str, object] = {}
         self.reader = threading.Thread(target=self._read_replies, name="nsworkers-zygote-reader", daemon=True)
 
     # -- requests -----------------------------------------------------------
@@ -141,14 +142,23 @@ class _Connection:
             raise
         return waiter
 
-    def offer(self, fn: object) -> tuple[tuple[str, str], ...]:
-        """What a spawn request for *fn* asks the zygote to learn: its module, the first time only."""
+    def offer(self, fn: object) -> tuple[tuple[tuple[str, str], ...], bool]:
+        """What a spawn request for *fn* asks the zygote to learn, and whether again: its module, the first time only.
+
+        And again after the module was reloaded here (``importlib.reload``
+        gives it a new ``__spec__``): the zygote then reloads its copy, so
+        later workers do not inherit the code this process replaced.
+        """
         name = module_of(fn)
-        if name is None or name in self.offered or len(self.offered) >= _MAX_OFFERED:
-            return ()
+        if name is None:
+            return (), False
+        spec = getattr(sys.modules.get(name), "__spec__", None)
         with self.lock:
-            self.offered.add(name)
-        return module_chain(name)
+            known = self.offered.get(name, _UNSEEN)
+            if known is spec or (known is _UNSEEN and len(self.offered) >= _MAX_OFFERED):
+                return (), False
+            self.offered[name] = spec  # kept: its id is never another spec's
+        return module_chain(name), known is not _UNSEEN
 
     def _send(self, data: bytes, fds: list[int], deadline: float | None) -> None:
         while True:
@@ -327,6 +337,7 @@ def module_chain(name: str) -> tuple[tuple[str, str], ...]:
     return tuple(chain)
 
 
+_UNSEEN = object()
 _MAX_OFFERED = 256  # modules one zygote is asked to learn (it learns at most _zygote._MAX_LEARNED)
 
 _ids = iter(range(1, 1 << 62))
@@ -464,7 +475,7 @@ class ZygoteSpawner:
         for attempt in (0, 1):  # one retry with a fresh zygote if the old one died
             conn = self._connection(deadline)
             native = native_modules() if any(t.type_name == "mnt" for t in targets) else ()
-            request = SpawnRequest(_next_id(), targets, native, conn.offer(fn))
+            request = SpawnRequest(_next_id(), targets, native, *conn.offer(fn))
             try:
                 waiter = conn.request(request, fds, deadline)
                 reply, got = conn.wait(request.request_id, waiter, deadline)

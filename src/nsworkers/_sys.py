@@ -65,6 +65,14 @@ def setns(fd: int, nstype: int = 0) -> None:
         _check(_get_libc().setns(fd, nstype))
 
 
+def unshare(flags: int) -> None:
+    """Move the calling process into new namespaces of the ``CLONE_NEW*`` *flags*."""
+    if hasattr(os, "unshare"):
+        os.unshare(flags)
+    else:  # Python < 3.12
+        _check(_get_libc().unshare(flags))
+
+
 def prctl(option: int, arg: int | bytes) -> None:
     """Call ``prctl(option, arg, 0, 0, 0)``."""
     _check(_get_libc().prctl(option, arg, 0, 0, 0))

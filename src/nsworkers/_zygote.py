@@ -40,6 +40,7 @@ import signal
 import socket
 import sys
 import time
+import types
 from typing import Any
 
 from . import _sys, _worker
@@ -135,13 +136,15 @@ def _origin(name: str) -> str | None:
     return origin if isinstance(origin, str) else None
 
 
-def _trial(chain: tuple[tuple[str, str], ...]) -> int:
+def _trial(chain: tuple[tuple[str, str], ...], reload: bool = False) -> int:
     """In the throw-away child: import the module; 0 if that left this process as it was, else why not.
 
     Harmless means: it imported, from the same files as in the caller, and
     left no thread, no child process (we are a subreaper, so grandchildren
     count too), no open fd and no signal handler behind it. An import that
     does any of these would do it in the zygote, and every worker after it.
+    And it gave the modules it added the same plain values as an import in
+    new namespaces (:func:`_import_elsewhere`).
     """
     _signal.signal(_signal.SIGCHLD, _signal.SIG_DFL)  # the zygote's handler would reap what we look for
     try:
@@ -150,10 +153,14 @@ def _trial(chain: tuple[tuple[str, str], ...]) -> int:
         pass
     fds = sorted(os.listdir("/proc/self/fd"))
     handlers = [_signal.getsignal(signum) for signum in _worker._CATCHABLE]
+    elsewhere = _import_elsewhere(chain[-1][0], reload)  # at the same time as ours
+    before = set(sys.modules)
     try:
-        importlib.import_module(chain[-1][0])
+        _import(chain[-1][0], reload)
     except BaseException:
         return 1
+    if _values_of(elsewhere) != _values(chain[-1][0], before, reload):
+        return 7
     if any(_origin(name) != origin for name, origin in chain):
         return 2
     if len(os.listdir("/proc/self/task")) != 1:
@@ -170,6 +177,113 @@ def _trial(chain: tuple[tuple[str, str], ...]) -> int:
     return 0
 
 
+#: Namespaces a worker may join whose state module-level code can read at import (a socket's
+#: interfaces, the host name, IPC objects): the trial imports again in new ones of these.
+_IMPORT_NAMESPACES = _sys.CLONE_NEWNET | _sys.CLONE_NEWUTS | _sys.CLONE_NEWIPC
+
+
+def _import(name: str, reload: bool) -> None:
+    if reload:
+        importlib.reload(sys.modules[name])
+    else:
+        importlib.import_module(name)
+
+
+def _import_elsewhere(name: str, reload: bool) -> tuple[int, int]:
+    """Start importing *name* in new namespaces, in a child; its pid and the pipe it answers on (:func:`_values_of`).
+
+    Before the zygote learned a module, a worker imported it after joining
+    its target, so module-level code ran there: ``NAMES = if_nameindex()``
+    named the target's interfaces. Imported in the zygote, it would run in
+    the caller's namespaces and every worker would serve the caller's
+    values, silently. So the trial also imports it in a child of its own,
+    after ``unshare`` of the namespaces module-level code can read, and
+    refuses the module if its modules' values differ from its own import's
+    (it then costs each worker its own import, as before).
+    """
+    rfd, wfd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the trial's own child
+        try:
+            os.close(rfd)
+            _sys.prctl(_sys.PR_SET_PDEATHSIG, signal.SIGKILL)  # the trial is killed at its timeout: so are we
+            _sys.unshare(_IMPORT_NAMESPACES)
+            before = set(sys.modules)
+            _import(name, reload)
+            data = pickle.dumps(_values(name, before, reload))
+            with os.fdopen(wfd, "wb") as out:
+                out.write(data)
+        finally:
+            os._exit(0)
+    os.close(wfd)
+    return pid, rfd
+
+
+def _values_of(child: tuple[int, int]) -> object:
+    """What the child of :func:`_import_elsewhere` found (:func:`_values`), once it exited; None if it failed."""
+    pid, rfd = child
+    with os.fdopen(rfd, "rb") as source:
+        data = source.read()
+    os.waitpid(pid, 0)
+    try:
+        return pickle.loads(data) if data else None  # from our own child, forked before the import
+    except Exception:
+        return None
+
+
+def _values(name: str, before: set[str], reload: bool) -> object:
+    """The plain values of the modules an import of *name* added to ``sys.modules`` (and of *name* on a reload)."""
+    names = sorted(set(sys.modules) - before)
+    if reload:
+        names.append(name)
+    return [(mod, _plain_values(sys.modules.get(mod))) for mod in names]
+
+
+def _plain_values(module: object) -> object:
+    namespace = getattr(module, "__dict__", {})
+    return _plain({key: value for key, value in namespace.items() if not key.startswith("__")}, 0)
+
+
+_ATOMS = (type(None), bool, int, str, bytes)
+
+
+def _plain(value: object, depth: int) -> object:
+    """*value*'s data, comparable between two imports: code, classes and modules by name, instances by their data.
+
+    Floats by type only: one read at import is a time more often than not;
+    this process's pid as a marker.
+    """
+    kind = type(value)
+    if kind is int and value == os.getpid():
+        return "<pid>"  # each import runs in its own process; every worker inherits the zygote's, by design
+    if kind in _ATOMS:
+        return value
+    if kind in (float, complex):
+        return kind.__name__  # mostly a time (logging._startTime): not what a namespace changes
+    if depth > 4:
+        return "..."
+    depth += 1
+    if kind in (tuple, list):
+        return (kind.__name__, *(_plain(item, depth) for item in value[:1000]))  # type: ignore[index]
+    if kind in (set, frozenset):
+        return ("set", frozenset(_hashable(_plain(item, depth)) for item in list(value)[:1000]))  # type: ignore[call-overload]
+    if kind is dict:
+        items = list(value.items())[:1000]  # type: ignore[attr-defined]
+        return ("dict", *((_plain(k, depth), _plain(v, depth)) for k, v in items))
+    if isinstance(value, (type, types.FunctionType, types.BuiltinFunctionType, types.ModuleType)):
+        return (kind.__name__, getattr(value, "__qualname__", getattr(value, "__name__", "")))
+    state = getattr(value, "__dict__", None)
+    return ("object", kind.__qualname__, _plain(dict(state), depth) if isinstance(state, dict) else None)
+
+
+def _hashable(value: object) -> object:
+    try:
+        hash(value)
+    except TypeError:
+        return repr(value)
+    return value
+
+
 #: What a trial's exit code means.
 TRIAL_VERDICTS = {
     1: "its import failed",
@@ -178,11 +292,14 @@ TRIAL_VERDICTS = {
     4: "its import started a process",
     5: "its import left a file descriptor open",
     6: "its import changed a signal handler",
+    7: "it read namespace state at import: imported in new namespaces, it had other values",
 }
 
 
-def trial_import(chain: tuple[tuple[str, str], ...], timeout: float = _TRIAL_TIMEOUT) -> str | None:
-    """Import ``chain[-1]`` in a throw-away child of this process; None if harmless (see :func:`_trial`), else why not.
+def trial_import(
+    chain: tuple[tuple[str, str], ...], timeout: float = _TRIAL_TIMEOUT, reload: bool = False
+) -> str | None:
+    """Import (or *reload*) ``chain[-1]`` in a throw-away child; None if harmless (see :func:`_trial`), else why not.
 
     SIGCHLD stays blocked throughout, so our handler cannot reap the child
     before we read its verdict. A child still importing at *timeout* is killed.
@@ -193,7 +310,7 @@ def trial_import(chain: tuple[tuple[str, str], ...], timeout: float = _TRIAL_TIM
         if pid == 0:  # pragma: no cover - runs in the throw-away child
             code = 70
             try:
-                code = _trial(chain)
+                code = _trial(chain, reload)
             finally:
                 os._exit(code)
         deadline = time.monotonic() + timeout
@@ -270,17 +387,20 @@ class _Zygote:
             while len(self.statuses) > _MAX_STATUSES:
                 self.statuses.popitem(last=False)
 
-    def learn(self, chain: tuple[tuple[str, str], ...]) -> bool:
+    def learn(self, chain: tuple[tuple[str, str], ...], again: bool = False) -> bool:
         """Import the module a callable came from (``chain[-1]``, parents first) so later workers inherit it.
 
         Only if a throw-away child showed the import harmless (:func:`trial_import`);
         a refusal is remembered and never tried again, and at most ``_MAX_LEARNED``
         modules are learned. True if something new was imported here.
+        *again*: the caller reloaded it since it offered it (:meth:`relearn`).
         Never raises: a failure to learn only costs the worker its own import.
         """
         if not chain or not all(isinstance(part, str) and isinstance(origin, str) for part, origin in chain):
             return False
         name = chain[-1][0]
+        if again and name in self.learned and name in sys.modules:
+            return self.relearn(chain)
         if name in self.learned or name in self.refused or name == "__main__":
             return False
         if all(_origin(part) == origin for part, origin in chain):
@@ -302,12 +422,34 @@ class _Zygote:
         gc.freeze()  # as at start: what workers inherit stays shared
         return True
 
+    def relearn(self, chain: tuple[tuple[str, str], ...]) -> bool:
+        """The caller reloaded a learned module: reload ours, or later workers would run the code it replaced.
+
+        Tried in a throw-away child first; if the reload is refused or fails
+        here, the module leaves ``sys.modules`` and later workers import it
+        themselves, as before it was learned.
+        """
+        name = chain[-1][0]
+        why = trial_import(chain, reload=True)
+        if why is None:
+            try:
+                importlib.reload(sys.modules[name])
+            except BaseException as exc:  # the trial passed: should not happen
+                why = f"its reload failed here: {exc!r}"
+        if why is not None:
+            sys.modules.pop(name, None)
+            self.learned.discard(name)
+            if len(self.refused) < _MAX_REFUSED:
+                self.refused[name] = why
+        gc.freeze()
+        return True  # either way, spares hold the old code
+
     def spawn(self, request: SpawnRequest, fds: list[int]) -> None:
         if len(fds) != len(request.targets):
             close_all(*fds)
             self.reply(RequestFailed(request.request_id, errno.EINVAL, f"expected {len(request.targets)} fds"))
             return
-        if request.learn and self.learn(request.learn):
+        if request.learn and self.learn(request.learn, request.relearn is True):
             # Spares forked before lack the module; a fresh fork is cheaper than their import.
             while self.spares:
                 self.spares.popleft().close()  # EOF: it exits, our SIGCHLD handler reaps it
