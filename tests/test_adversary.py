@@ -24,7 +24,7 @@ import pytest
 from nsworkers import Namespace, Pool
 from nsworkers.errors import NamespaceTypeError, NsWorkersError
 
-from .conftest import IN_USERNS, wait_for
+from .conftest import IN_USERNS, run_python, wait_for
 
 pytestmark = pytest.mark.privileged
 
@@ -271,3 +271,57 @@ def test_submit_result_under_a_storm_of_interrupts_loses_no_call(make_netns: Cal
         if hung:
             pool.shutdown(wait=False)
     assert not hung, "shutdown(wait=True) waited for a call that was never counted out"
+
+
+def test_a_signal_storm_during_the_first_use_of_dill_leaves_dill_working() -> None:
+    """A Ctrl-C that lands while the caller first imports dill broke lambdas for the life of the process.
+
+    The first call that needs dill (a lambda, a ``__main__`` function) imports
+    it; a signal handler's exception in the middle of that import left a
+    half-made ``dill`` behind, and every later ``dumps`` of code by value
+    failed (``module 'dill' has no attribute '_dill'``, or "_create_function
+    has recursive self-references" -- seen in CI, where the storm test above
+    was the session's first user of dill). Here, in a fresh interpreter,
+    signals arrive every half millisecond while the first lambda is
+    serialized, until one attempt gets through; afterwards, in peace, code by
+    value must serialize and load.
+    """
+    code = """
+import os, signal, sys, threading
+from nsworkers import _messages as m
+
+class Boom(Exception):
+    pass
+
+def handler(signum, frame):
+    raise Boom
+
+signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+stop = threading.Event()
+
+def storm():
+    while not stop.wait(0.0005):
+        os.kill(os.getpid(), signal.SIGUSR1)
+
+threading.Thread(target=storm, daemon=True).start()
+signal.signal(signal.SIGUSR1, handler)
+interrupted = 0
+while True:
+    try:
+        for _ in range(1000):  # until one attempt gets through (a broken dill never lets one)
+            try:
+                m.dumps(lambda: 1)
+                break
+            except (Boom, m.SerializationError):  # the handler's exception, maybe inside dill's pickler
+                interrupted += 1
+        stop.set()
+        signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+        break
+    except Boom:
+        interrupted += 1
+codec, payload = m.dumps(lambda: 41 + 1)
+print(codec == m.DILL, m.loads(codec, payload)(), interrupted > 0)
+"""
+    done = run_python(code)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["True", "42", "True"]

@@ -328,6 +328,36 @@ def dumps(obj: object, *, main_by_name: bool = False, contain: bool = False) -> 
 _dill_pickler: Any = None
 
 
+def _import_dill() -> Any:
+    """``import dill``, which a signal handler's exception can never leave half-done.
+
+    A handler's exception (Ctrl-C) lands only in the main thread; dill's
+    first import, interrupted there, leaves a half-made package behind and
+    every later use of code by value in the process fails. So a main thread
+    that has threads at hand has another thread import it and waits: the
+    wait may be interrupted, the import is not (a later call finds it done,
+    or waits for it on the import lock).
+    """
+    done = sys.modules.get("dill")
+    if done is not None and not getattr(getattr(done, "__spec__", None), "_initializing", False):
+        return done
+    threading = sys.modules.get("threading")  # never imported here for this: the zygote runs without it
+    if threading is not None and threading.current_thread() is threading.main_thread():
+        loader = threading.Thread(target=_import_quietly, args=("dill",), name="nsworkers-import-dill", daemon=True)
+        loader.start()
+        loader.join()
+    import dill  # installed with multiprocess; imported only when needed
+
+    return dill
+
+
+def _import_quietly(name: str) -> None:
+    try:
+        importlib.import_module(name)
+    except BaseException:  # the waiting thread imports it again and raises what is wrong
+        pass
+
+
 def _get_dill_pickler() -> Any:
     """A dill pickler that sends importable modules by name.
 
@@ -338,12 +368,12 @@ def _get_dill_pickler() -> Any:
     """
     global _dill_pickler
     if _dill_pickler is None:
-        import dill  # installed with multiprocess; imported only when needed
+        dill_pickler: Any = _import_dill().Pickler
 
-        class Pickler(dill.Pickler):  # type: ignore[misc]
-            dispatch = dill.Pickler.dispatch.copy()
+        class Pickler(dill_pickler):  # type: ignore[misc]
+            dispatch = dill_pickler.dispatch.copy()
 
-        base = dill.Pickler.dispatch[types.ModuleType]
+        base = dill_pickler.dispatch[types.ModuleType]
 
         def save_module(pickler: Any, module: types.ModuleType) -> None:
             name = module.__name__
@@ -374,9 +404,7 @@ def loads(codec: int, payload: bytes | bytearray | memoryview) -> Any:
         if codec == PICKLE:
             return pickle.loads(payload)
         if codec == DILL:
-            import dill
-
-            return dill.loads(bytes(payload))
+            return _import_dill().loads(bytes(payload))
     except Exception as exc:
         raise SerializationError(f"cannot deserialize: {_describe(exc)}") from exc
     raise ProtocolError(f"unknown codec {codec}")
