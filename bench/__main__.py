@@ -186,6 +186,56 @@ def bench_p1(spaces: Namespaces, reps: int, calls: int) -> list[dict[str, Any]]:
     return rows
 
 
+def _tree_cpu_ns(root: int) -> int:
+    """CPU time (ns, from schedstat) of every thread of *root* and of all its descendants."""
+    total, stack = 0, [root]
+    while stack:
+        pid = stack.pop()
+        try:
+            tids = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                with open(f"/proc/{pid}/task/{tid}/schedstat", "rb") as stat:
+                    total += int(stat.read().split()[0])
+                with open(f"/proc/{pid}/task/{tid}/children", "rb") as children:
+                    stack += [int(child) for child in children.read().split()]
+            except (OSError, ValueError, IndexError):
+                continue
+    return total
+
+
+def bench_p1_cpu(spaces: Namespaces, reps: int, calls: int) -> list[dict[str, Any]]:
+    """P1c: CPU time per round trip, summed over the caller and every process under it (workers included).
+
+    What the call path costs in work, not in waiting: far less sensitive to
+    other load on the machine than P1's wall-clock times (a busy neighbour
+    delays a wake-up, it does not add instructions), so it is the figure to
+    compare on a shared host. Caller and workers on one CPU.
+    """
+    (path,) = spaces.make(1)
+    original = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {0})
+    contenders = p1_contenders(path, 0)
+    samples: dict[str, list[float]] = {name: [] for name in contenders}
+    me = os.getpid()
+    for _ in range(reps):
+        for name, (call, _close) in contenders.items():
+            for _ in range(100):
+                call()
+            before = _tree_cpu_ns(me)
+            for _ in range(calls):
+                call()
+            samples[name].append((_tree_cpu_ns(me) - before) / calls / 1e3)
+    for _, close in reversed(contenders.values()):
+        close()
+    os.sched_setaffinity(0, original)
+    return _rows(
+        "P1c CPU time per no-op round trip (caller + workers), same CPU", samples, "raw os.pipe + pickle (floor)", "us"
+    )
+
+
 # ---------------------------------------------------------------------------
 # P1t: throughput with many caller threads, submit and map (no pinning)
 
@@ -863,8 +913,8 @@ def main() -> None:
     parser.add_argument(
         "scenarios",
         nargs="*",
-        default=["p1", "p1t", "p2", "p3", "p5", "d", "r1", "t", "tm"],
-        help="p1 (round trip), p1t (throughput: threads, submit, map), p2 (cold start), p3 (cold and warm "
+        default=["p1", "p1c", "p1t", "p2", "p3", "p5", "d", "r1", "t", "tm"],
+        help="p1 (round trip), p1c (its CPU time, caller + workers), p1t (throughput: threads, submit, map), p2 (cold start), p3 (cold and warm "
         "snapshots of many namespaces), p5 (memory), d (discovery), f (find vs inspect), t (topology vs "
         "inspect), r1 (a rich namespace against ip -j), e (the exporter's scrape vs ip -s and /proc/PID/net/dev), "
         "tm (parallelism, timeout, parent death)",
@@ -884,6 +934,8 @@ def main() -> None:
     try:
         if "p1" in args.scenarios:
             rows += bench_p1(spaces, args.reps, args.calls)
+        if "p1c" in args.scenarios:
+            rows += bench_p1_cpu(spaces, args.reps, args.calls)
         if "p1t" in args.scenarios:
             rows += bench_throughput(spaces, args.reps, args.calls)
         if "p2" in args.scenarios:
