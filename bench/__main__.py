@@ -916,7 +916,8 @@ def main() -> None:
         default=["p1", "p1c", "p1t", "p2", "p3", "p5", "d", "r1", "t", "tm"],
         help="p1 (round trip), p1c (its CPU time, caller + workers), p1t (throughput: threads, submit, map), "
         "p2 (cold start), p3 (cold and warm snapshots of many namespaces), p5 (memory), d (discovery), "
-        "f (find vs inspect), t (topology vs inspect), r1 (a rich namespace against ip -j), e (the exporter's scrape vs ip -s and /proc/PID/net/dev), "
+        "f (find vs inspect), t (topology vs inspect), r1 (a rich namespace against ip -j), "
+        "e (the exporter's scrape vs ip -s and /proc/PID/net/dev), "
         "tm (parallelism, timeout, parent death)",
     )
     parser.add_argument("--sizes", default="100,1000", help="namespace counts for p3 (default: 100,1000)")
