@@ -118,7 +118,7 @@ class CallFuture(Future[Any]):
 
     def arm(self, stop: Callable[[], None]) -> bool:
         """A request is about to go out; *stop* kills its worker. False: cancelled already (send nothing)."""
-        with self._condition:
+        with self._condition._lock:  # type: ignore[attr-defined]  # the RLock itself: C-level, no Python frame
             if self._state != RUNNING:
                 return False
             self._stop = stop
@@ -130,7 +130,7 @@ class CallFuture(Future[Any]):
         *final*: the reply or error is the call's outcome, so a ``cancel()``
         from now on returns False; not final: a retry on a fresh worker follows.
         """
-        with self._condition:
+        with self._condition._lock:  # type: ignore[attr-defined]
             self._stop = None
             if self._state != RUNNING:
                 return False
@@ -347,10 +347,11 @@ def map_unordered(
 
 def _settle(future: CallFuture, value: Any, failed: bool) -> None:
     """Complete *future* unless a cancel() came in after the call path's last look (it then stays cancelled)."""
-    with future._condition:
-        if future._state != RUNNING:
-            return
-        future._settling = True  # cancel() now returns False
+    if not future._settling:  # the call ended before it was armed (set only by this thread: no lock to read)
+        with future._condition._lock:  # type: ignore[attr-defined]
+            if future._state != RUNNING:
+                return
+            future._settling = True  # cancel() now returns False
     if failed:
         future.set_exception(value)
     else:
