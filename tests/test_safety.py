@@ -562,8 +562,15 @@ def test_8_dropped_pool_is_finalized_with_a_resource_warning(make_netns: Callabl
     with warnings.catch_warnings(record=True) as caught:  # the warning may come from a pool thread
         warnings.simplefilter("always")
         use_and_drop()
-        gc.collect()
-        assert wait_for(lambda: not (all_children() - children)), f"processes left: {all_children() - children}"
+
+        def collected_and_gone() -> bool:
+            # Collected at each look: a pool thread may hold the pool for a moment after use_and_drop()
+            # (a drain thread woken by submit() after result() made the call itself), and a cycle that
+            # survives one collection waits for the next full one.
+            gc.collect()
+            return not (all_children() - children)
+
+        assert wait_for(collected_and_gone), f"processes left: {all_children() - children}"
         assert wait_for(lambda: not new_threads()), f"threads left: {new_threads()}"
         assert wait_for(lambda: _fds() <= fds), f"fds left: {sorted(_fds() - fds)}"
     assert any(issubclass(w.category, ResourceWarning) for w in caught), [str(w.message) for w in caught]
