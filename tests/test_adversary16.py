@@ -8,13 +8,14 @@ from __future__ import annotations
 import importlib
 import inspect
 import os
+import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from nsworkers import Pool
+from nsworkers import Namespace, Pool
 
 pytestmark = pytest.mark.privileged
 
@@ -179,3 +180,56 @@ def test_module_a_first_call_imports_lazily_runs_in_the_target(ns_module: str, m
         for _ in range(4):  # the zygote learns between requests: give it a few
             netns = f"/run/netns/{make_netns()}"
             assert pool.run(netns, lazily) == _net_of(netns)
+
+
+_HOST_MODULE = """
+import socket
+HOST = socket.gethostname()  # read once, where the module is imported
+
+
+def host():
+    return HOST
+"""
+
+
+@pytest.fixture
+def uts_with_hostname() -> Iterator[tuple[int, str]]:
+    """A process of this test's own in a new UTS namespace with a host name of its own: ``(pid, name)``."""
+    name = f"nswt-uts-{os.getpid()}"
+    holder = subprocess.Popen(
+        ["unshare", "--uts", "sh", "-c", f"hostname {name} && echo ready && exec sleep 3600"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "ready\n"
+        yield holder.pid, name
+    finally:
+        holder.kill()
+        holder.wait()
+        if holder.stdout is not None:
+            holder.stdout.close()
+
+
+def test_a_module_reading_the_host_name_at_import_reads_the_targets(
+    tmp_path: Path, uts_with_hostname: tuple[int, str]
+) -> None:
+    """``HOST = gethostname()`` at import, in a worker for a UTS namespace, is that namespace's name.
+
+    Broke: the trial import "in new namespaces" unshared UTS, which copies
+    the caller's host name, so the two imports agreed; the zygote learned
+    the module and every worker, whatever UTS namespace it joined, served
+    the caller's host name.
+    """
+    name = f"nswt_hostread_{os.getpid()}"
+    (tmp_path / f"{name}.py").write_text(_HOST_MODULE)
+    sys.path.insert(0, str(tmp_path))
+    try:
+        module = importlib.import_module(name)
+        pid, hostname = uts_with_hostname
+        with Pool() as pool, Namespace.from_pid(pid, "uts") as uts:
+            for _ in range(2):
+                assert pool.run(uts, module.host) == hostname
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop(name, None)

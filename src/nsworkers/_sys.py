@@ -73,6 +73,13 @@ def unshare(flags: int) -> None:
         _check(_get_libc().unshare(flags))
 
 
+def set_host_names(name: str) -> None:
+    """Set the UTS namespace's host name and NIS domain name to *name* (``sethostname``, ``setdomainname``)."""
+    socket.sethostname(name)
+    raw = name.encode()
+    _check(_get_libc().setdomainname(raw, len(raw)))
+
+
 def prctl(option: int, arg: int | bytes) -> None:
     """Call ``prctl(option, arg, 0, 0, 0)``."""
     _check(_get_libc().prctl(option, arg, 0, 0, 0))

@@ -180,6 +180,9 @@ def _trial(chain: tuple[tuple[str, str], ...], reload: bool = False) -> int:
 #: Namespaces a worker may join whose state module-level code can read at import (a socket's
 #: interfaces, the host name, IPC objects): the trial imports again in new ones of these.
 _IMPORT_NAMESPACES = _sys.CLONE_NEWNET | _sys.CLONE_NEWUTS | _sys.CLONE_NEWIPC
+#: The host and domain name of the trial's new UTS namespace: one no caller has, so that a module
+#: reading either at import (``HOST = gethostname()``) gets other values there and is refused.
+_TRIAL_HOST_NAME = "nsworkers-trial-import.invalid"
 
 
 def _import(name: str, reload: bool) -> None:
@@ -208,6 +211,7 @@ def _import_elsewhere(name: str, reload: bool) -> tuple[int, int]:
             os.close(rfd)
             _sys.prctl(_sys.PR_SET_PDEATHSIG, signal.SIGKILL)  # the trial is killed at its timeout: so are we
             _sys.unshare(_IMPORT_NAMESPACES)
+            _sys.set_host_names(_TRIAL_HOST_NAME)  # a new UTS namespace starts with the caller's names
             before = set(sys.modules)
             _import(name, reload)
             data = pickle.dumps(_values(name, before, reload))
