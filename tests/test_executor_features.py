@@ -543,3 +543,21 @@ def test_executor_of_a_pool_view_keeps_its_timeout(pool: Pool, netns: str, tmp_p
     executor = pool.options(timeout=0.2).executor(netns)
     with pytest.raises(nsworkers.WorkerTimeoutError):
         executor.submit(wait_for_file, str(tmp_path / "never"), "1").result(timeout=60)
+
+
+def test_kill_workers_stops_a_worker_in_its_initializer(make_netns: Callable[[], str], tmp_path: Path) -> None:
+    """A worker still running the initializer is one of "every worker": killed now, its call fails."""
+    marker = tmp_path / "started"
+    before = _children()
+    pool = Pool(initializer=block_on_first_worker, initargs=(str(marker),))
+    try:
+        future = pool.submit(f"/run/netns/{make_netns()}", pid)
+        first = wait_started(marker)
+        pool.kill_workers()
+        assert wait_for(lambda: dead(first))
+        with pytest.raises(WorkerStartError, match=r"kill_workers\(\)"):
+            future.result(timeout=60)
+    finally:
+        pool.kill_workers()
+        pool.shutdown()
+    assert wait_for(lambda: not (_children() - before))

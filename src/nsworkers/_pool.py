@@ -331,6 +331,7 @@ class Pool(_Caller):
         self._reaper: threading.Thread | None = None
         self._reaper_stop = threading.Event()
         self._forced: str | None = None  # "kill_workers()" or "terminate_workers()" once called
+        self._initializing: set[Worker] = set()  # running the initializer: not in the scheduler yet
 
     def _target_pool(self) -> Pool:
         return self
@@ -465,6 +466,8 @@ class Pool(_Caller):
                 self._forced = name
             self._closing = True
             self._state.notify_all()
+            for worker in self._initializing:  # under the lock: its starter takes it out before closing it
+                _signal(worker, signum)
         self._dispatch.cancel_queued()
         # Each worker is signalled under the scheduler's lock, before any caller can release it
         # and close its pidfd. An idle one is ours to close now; a busy one, its caller's.
@@ -749,15 +752,24 @@ class Pool(_Caller):
         assert self._initializer is not None
         call = Call(self._initializer, self._initargs, {})  # a Call of its own: as_dill() changes it
         link: _Link = worker.conn
+        with self._state_lock:
+            forced = self._forced
+            if forced is None:
+                self._initializing.add(worker)  # kill_workers() and terminate_workers() signal it too
         try:
+            if forced is not None:
+                raise PoolClosedError(f"the pool's workers were stopped by {forced}")
             frame = self._exchange(worker, call, deadline)
         except BaseException as exc:
+            self._initialized(worker)
             link.chan.close()
             if isinstance(exc, (_Stale, m.ChannelClosed)):
                 status, killed = self._spawner.reap(worker.pid)
+                why = describe_status(status, killed)
+                if self._forced is not None:
+                    why = f"{why}: the pool's workers were stopped by {self._forced}"
                 raise WorkerStartError(
-                    f"the worker for {worker.label} died in its initializer {call.name}(): "
-                    f"{describe_status(status, killed)}"
+                    f"the worker for {worker.label} died in its initializer {call.name}(): {why}"
                 ) from None
             self._spawner.kill(worker.pid)  # no waiting: the error is due now
             if isinstance(exc, TimeoutError):
@@ -765,6 +777,7 @@ class Pool(_Caller):
                     f"the initializer {call.name}() of the worker for {worker.label} did not finish in time"
                 ) from None
             raise
+        self._initialized(worker)
         worker.calls = 0  # the initializer is not one of the calls max_tasks_per_worker counts
         if frame[0] in (m.OK, m.UNSENDABLE):  # it ran; what it returned is of no interest
             return
@@ -777,6 +790,11 @@ class Pool(_Caller):
                 f"the initializer {call.name}() failed in the worker for {worker.label}; the worker was discarded"
             ) from exc
         raise ProtocolError(f"unexpected reply to the initializer from worker {worker.pid}")  # pragma: no cover
+
+    def _initialized(self, worker: Worker) -> None:
+        """*worker* left its initializer: no longer signalled from here, so its channel may be closed."""
+        with self._state_lock:
+            self._initializing.discard(worker)
 
     def _give_back(self, worker: Worker) -> None:
         retire = (self._max_tasks is not None and worker.calls >= self._max_tasks) or (
