@@ -10,6 +10,8 @@ import inspect
 import os
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -230,6 +232,48 @@ def test_a_module_reading_the_host_name_at_import_reads_the_targets(
         with Pool() as pool, Namespace.from_pid(pid, "uts") as uts:
             for _ in range(2):
                 assert pool.run(uts, module.host) == hostname
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop(name, None)
+
+
+_SLOW_MODULE = """
+import time
+time.sleep(6)  # a heavy import: a big library, a slow filesystem
+
+
+def one():
+    return 1
+"""
+
+
+def test_a_module_slow_to_import_does_not_stall_cold_calls_to_other_namespaces(
+    tmp_path: Path, make_netns: Callable[[], str]
+) -> None:
+    """Learning a module must not hold the zygote, and so every other namespace's first call, for long.
+
+    Broke: the zygote learned a callable's module before forking its first
+    worker: a trial import in a throw-away child, killed only after 5 s,
+    during which the single-threaded zygote started no worker at all (and
+    after a trial that passed, the import itself, as long again). A cold
+    call to another namespace with a 4 s timeout failed with
+    WorkerTimeoutError (before: it took ~10 ms).
+    """
+    name = f"nswt_slow_{os.getpid()}"
+    (tmp_path / f"{name}.py").write_text(_SLOW_MODULE)
+    sys.path.insert(0, str(tmp_path))
+    try:
+        module = importlib.import_module(name)
+        first, second = (f"/run/netns/{make_netns()}" for _ in range(2))
+        with Pool() as pool:
+            pool.run(second, os.getpid)  # the zygote is up
+            slow = threading.Thread(target=pool.run, args=(first, module.one))
+            slow.start()
+            try:
+                time.sleep(0.3)  # the zygote is busy with the slow module by now
+                assert pool.options(timeout=4).run(f"/run/netns/{make_netns()}", os.getpid) > 0
+            finally:
+                slow.join()
     finally:
         sys.path.remove(str(tmp_path))
         sys.modules.pop(name, None)

@@ -65,7 +65,9 @@ _EXIT_GRACE = 1.0  # seconds a worker that closed its channel (or was killed) ge
 _MAX_PASSED_FDS = 16
 _MAX_LEARNED = 256  # modules the zygote imports for callables (after a trial each), beyond its preload
 _MAX_REFUSED = 1024  # modules remembered as not to be imported here (never tried again)
-_TRIAL_TIMEOUT = 5.0  # seconds a trial import may take; slower ones are not worth learning
+# Seconds a trial import may take; slower ones are not learned. The zygote serves no other
+# request meanwhile (nor during the import that follows): a cold call to any namespace waits.
+_TRIAL_TIMEOUT = 2.0
 _PR_SET_CHILD_SUBREAPER = 36
 _MAX_REPORTS = 64  # workers' report sockets kept open at once (see _Zygote.read_report)
 _MAX_QUEUED = 1024  # reported modules waiting to be learned
