@@ -534,27 +534,6 @@ def test_cancel_before_run(pool: Pool, netns: str, tmp_path: Path) -> None:
     assert queued.cancelled()
 
 
-def test_result_of_a_queued_call_makes_it_in_the_waiting_thread(pool: Pool, netns: str, tmp_path: Path) -> None:
-    # submit().result() need not cross to a drain thread and back: a call still queued is taken
-    # back and made by the thread that waits for it (its done-callbacks run there too).
-    gate = tmp_path / "gate"
-    blocker = pool.submit(netns, wait_for_file, str(gate), "done")  # the namespace's drain is busy
-    queued = pool.submit(netns, pid)
-    ran_in: list[threading.Thread] = []
-    queued.add_done_callback(lambda _: ran_in.append(threading.current_thread()))
-    results: list[int] = []
-    waiter = threading.Thread(target=lambda: results.append(queued.result()))
-    waiter.start()
-    assert wait_for(lambda: queued._job is None)  # type: ignore[attr-defined]  # taken back by the waiter
-    gate.touch()
-    waiter.join()
-    assert blocker.result(timeout=60) == "done"
-    assert ran_in == [waiter] and results == [pool.run(netns, pid)]
-    assert pool.submit(netns, pid).exception() is None  # exception() waits the same way
-    late = pool.submit(netns, sleep_then, 0, "x")
-    assert late.result(timeout=60) == "x"  # with a timeout, a drain thread makes it
-
-
 def test_max_workers_evicts_least_recently_used(make_netns: Callable[[], str]) -> None:
     a, b, c = (f"/run/netns/{make_netns()}" for _ in range(3))
     with Pool(max_workers=2) as pool:

@@ -56,35 +56,6 @@ class CallFuture(Future[Any]):
     _stop: Callable[[], None] | None = None  # kills the worker while a request is out (armed)
     _settling = False  # the exchange ended: too late to cancel
     _callbacks_due = False  # cancelled while running: the callbacks are still to run
-    _dispatcher: Dispatcher | None = None
-    _job: _Job | None = None  # until a thread takes the call to make it
-
-    def result(self, timeout: float | None = None) -> Any:
-        """As ``Future.result``; with no *timeout*, a call still queued is made here (see :meth:`_run_here`)."""
-        if timeout is None and self._job is not None:
-            self._run_here()
-        return super().result(timeout)
-
-    def exception(self, timeout: float | None = None) -> BaseException | None:
-        """As ``Future.exception``; with no *timeout*, a call still queued is made here."""
-        if timeout is None and self._job is not None:
-            self._run_here()
-        return super().exception(timeout)
-
-    def _run_here(self) -> None:
-        """Take a still-queued call back from its queue and make it in this thread.
-
-        ``pool.submit(ns, f).result()`` would otherwise cross two threads: a
-        drain thread wakes to make the call, and this one wakes when it is
-        done. Made here, it is the same call -- the same deadlines, retries
-        and typed errors -- without either hop. A call a drain thread took
-        first is waited for as usual. Only a wait with no timeout takes a
-        call back: a ``result(timeout=...)`` must return by its timeout,
-        which the call's own may exceed.
-        """
-        job, dispatcher = self._job, self._dispatcher
-        if job is not None and dispatcher is not None and dispatcher.take_back(job):
-            dispatcher.run(job)
 
     def cancel(self) -> bool:
         with self._condition:
@@ -174,20 +145,28 @@ def in_pool_thread() -> bool:
 
 
 class _Threads:
-    """A minimal pool of daemon threads for drains; joined at shutdown."""
+    """A minimal pool of daemon threads for drains; joined at shutdown.
+
+    The count of idle threads is kept under a plain lock, not in a
+    ``threading.Semaphore``: a semaphore's lock is taken by Python code, and
+    a signal handler's exception landing in the caller's thread just after
+    that lock was taken left it held for good (every drain thread then hung
+    giving itself back, and ``shutdown()`` waited for ever).
+    """
 
     def __init__(self, limit: int) -> None:
         self._limit = limit
         self._queue: SimpleQueue[Callable[[], None] | None] = SimpleQueue()
-        self._idle = threading.Semaphore(0)
+        self._idle = 0  # threads waiting for work, not yet promised a job
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
 
     def submit(self, fn: Callable[[], None]) -> None:
         self._queue.put(fn)
-        if self._idle.acquire(blocking=False):
-            return
         with self._lock:
+            if self._idle:
+                self._idle -= 1
+                return
             if len(self._threads) < self._limit:
                 thread = threading.Thread(
                     target=self._loop, name=f"nsworkers-drain-{len(self._threads) + 1}", daemon=True
@@ -203,7 +182,8 @@ class _Threads:
                 return
             fn()
             del fn
-            self._idle.release()
+            with self._lock:
+                self._idle += 1
 
     def shutdown(self, join: bool) -> None:
         with self._lock:
@@ -231,7 +211,6 @@ class Dispatcher:
     def submit(self, target: Target, call: Call, timeout: float | None) -> Future[Any]:
         """Queue a counted call; its future completes with the result or the typed error."""
         job = _Job(CallFuture(), target, call, timeout)
-        job.future._dispatcher, job.future._job = self, job
         with self._lock:
             queue = self._queues.get(target.key)
             if queue is None:
@@ -258,19 +237,9 @@ class Dispatcher:
             self.run(job)
             del job
 
-    def take_back(self, job: _Job) -> bool:
-        """Take *job* out of its queue if no drain thread took it yet (the caller then :meth:`run` s it)."""
-        with self._lock:
-            queue, job.queue = job.queue, None
-            if queue is None:
-                return False
-            queue.jobs.remove(job)
-        return True
-
     def run(self, job: _Job) -> None:
-        """Make a job's call, in a drain thread or in the thread waiting for it, and complete its future."""
+        """Make a job's call (in a drain thread) and complete its future."""
         future = job.future
-        future._job = None
         if not future.set_running_or_notify_cancel():
             self._dropped()
             return
@@ -280,8 +249,6 @@ class Dispatcher:
             future.run_callbacks_due()  # if cancel() itself was interrupted before it could
         except BaseException as exc:
             _settle(future, exc, True)
-            if not isinstance(exc, Exception) and not in_pool_thread():
-                raise  # a signal's exception in the waiting thread: it ended the call, and reaches the thread
         else:
             _settle(future, result, False)
 

@@ -19,8 +19,7 @@ Policy:
 * idle workers past ``idle_timeout`` are expired oldest first.
 
 Every method takes the scheduler's lock for a few dict operations and never
-blocks under it, except :meth:`wait`, which waits on the ticket's condition
-(that releases the lock).
+blocks under it; :meth:`wait` waits on the ticket's gate, holding no lock.
 """
 
 from __future__ import annotations
@@ -31,6 +30,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from ._sys import Gate
 from ._target import Key
 from .errors import PoolClosedError, WorkerTimeoutError
 
@@ -69,11 +69,11 @@ class Reservation:
 class Ticket:
     """A caller waiting for a worker of ``slot`` (or for room to start one)."""
 
-    __slots__ = ("cond", "granted", "slot")
+    __slots__ = ("gate", "granted", "slot")
 
-    def __init__(self, slot: _Slot, cond: threading.Condition) -> None:
+    def __init__(self, slot: _Slot) -> None:
         self.slot = slot
-        self.cond = cond
+        self.gate = Gate()  # opened when granted (a Condition's wait is not safe against signals: see Gate)
         self.granted: Worker | Reservation | PoolClosedError | None = None
 
 
@@ -130,7 +130,7 @@ class Scheduler:
                     evicted.append(victim)
                 if self.total < self.max_workers:
                     return self._reserve_locked(slot), evicted
-            ticket = Ticket(slot, threading.Condition(self.lock))
+            ticket = Ticket(slot)
             slot.tickets.append(ticket)
             self._waiting.append(ticket)
             return ticket, evicted
@@ -145,17 +145,20 @@ class Scheduler:
 
     def wait(self, ticket: Ticket, deadline: float | None) -> Worker | Reservation:
         """Wait for *ticket* to be granted; WorkerTimeoutError at *deadline* (the ticket is then withdrawn)."""
-        with self.lock:
-            try:
-                while ticket.granted is None:
-                    remaining = None if deadline is None else deadline - time.monotonic()
-                    if remaining is not None and remaining <= 0:
-                        raise WorkerTimeoutError(f"no worker for {ticket.slot.label} became free in time")
-                    ticket.cond.wait(remaining)
-            except BaseException:
+        try:
+            while True:
+                with self.lock:
+                    granted = ticket.granted
+                    if granted is not None:
+                        break
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise WorkerTimeoutError(f"no worker for {ticket.slot.label} became free in time")
+                ticket.gate.wait(remaining)  # holds no lock
+        except BaseException:
+            with self.lock:
                 self._withdraw_locked(ticket)
-                raise
-            granted = ticket.granted
+            raise
         if isinstance(granted, PoolClosedError):
             raise granted
         return granted
@@ -293,7 +296,7 @@ class Scheduler:
 
     def _grant_locked(self, ticket: Ticket, grant: Worker | Reservation | PoolClosedError) -> None:
         ticket.granted = grant
-        ticket.cond.notify()
+        ticket.gate.set()
 
     def _grant_room_locked(self) -> None:
         """Hand free room to the oldest waiters whose namespace can use it."""

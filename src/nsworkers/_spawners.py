@@ -42,7 +42,7 @@ from ._messages import (
     by_value,
     channel_pipes,
 )
-from ._sys import recv_fds
+from ._sys import Gate, recv_fds
 from ._target import Spec
 from ._zygote import close_all, reap_child
 from .errors import PoolClosedError, WorkerStartError, WorkerTimeoutError
@@ -106,7 +106,7 @@ class _Waiter:
     __slots__ = ("abandoned", "done", "fds", "reply")
 
     def __init__(self) -> None:
-        self.done = threading.Event()
+        self.done = Gate()  # waited on by the caller's thread, maybe the main one: see Gate
         self.reply: ZygoteReply | None = None
         self.fds: list[int] = []
         self.abandoned = False

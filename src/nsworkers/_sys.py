@@ -7,6 +7,7 @@ nsworkers`` stays cheap.
 
 from __future__ import annotations
 
+import _thread
 import errno
 import fcntl
 import os
@@ -378,3 +379,45 @@ def close_fds(fds: list[int]) -> None:
     """Close the fds the caller has taken copies of."""
     for fd in fds:
         os.close(fd)
+
+
+class Gate:
+    """A one-shot event whose wait is one C-level lock acquire, which a signal handler's exception cannot corrupt.
+
+    ``threading.Event.wait`` and ``Condition.wait`` run Python code around
+    their locks. A signal handler's exception (Ctrl-C, a SIGTERM handler)
+    landing there in the main thread can leave a lock held -- the thread
+    that would wake the waiter then blocks for ever -- or release one twice
+    (``RuntimeError: release unlocked lock``, or worse, another thread's
+    hold released). Here the waiter blocks in ``lock.acquire`` itself: an
+    exception can only end the wait.
+    """
+
+    __slots__ = ("_done", "_lock")
+
+    def __init__(self) -> None:
+        self._lock = _thread.allocate_lock()
+        self._lock.acquire()
+        self._done = False
+
+    def set(self) -> None:
+        """Open the gate (once; later calls do nothing)."""
+        if not self._done:
+            self._done = True
+            try:
+                self._lock.release()
+            except RuntimeError:  # two setters raced: the first one opened it
+                pass
+
+    def is_set(self) -> bool:
+        return self._done
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """True once the gate is open; False if *timeout* seconds passed first."""
+        if self._done:
+            return True
+        wait = -1 if timeout is None else min(max(timeout, 0.0), _thread.TIMEOUT_MAX)
+        if self._lock.acquire(True, wait):
+            self._lock.release()  # open for any other waiter too
+            return True
+        return self._done
