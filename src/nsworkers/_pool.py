@@ -568,8 +568,8 @@ class Pool(_Caller):
                     if worker is None:
                         worker = self._acquire(target, deadline, call.fn)
                     if watch is not None and not watch.arm(functools.partial(_kill_now, worker)):
-                        self._give_back(worker)  # cancelled before anything was sent: it is as good as it was
-                        worker = None
+                        given, worker = worker, None  # not ours once given back, even if a signal lands here
+                        self._give_back(given)  # cancelled before anything was sent: it is as good as it was
                         raise CallCancelled
                     frame = self._exchange(worker, call, deadline)
                 except _Stale:
@@ -797,9 +797,13 @@ class Pool(_Caller):
             self._initializing.discard(worker)
 
     def _give_back(self, worker: Worker) -> None:
-        retire = (self._max_tasks is not None and worker.calls >= self._max_tasks) or (
-            self._max_memory is not None and _rss(worker) > self._max_memory
-        )
+        try:
+            retire = (self._max_tasks is not None and worker.calls >= self._max_tasks) or (
+                self._max_memory is not None and _rss(worker) > self._max_memory
+            )
+        except BaseException:  # interrupted reading its RSS: never leave it busy for ever
+            self._drop(worker)
+            raise
         if self._sched.release(worker, True, retire):
             self._stop(worker)
 
@@ -903,7 +907,7 @@ def _signal(worker: Worker, signum: int) -> None:
     try:
         if link.chan.pidfd >= 0:
             signal.pidfd_send_signal(link.chan.pidfd, signum)
-        else:  # a kernel without pidfds (< 5.3)
+        elif link.chan.rfd >= 0:  # a kernel without pidfds (< 5.3); a closed channel: maybe reaped, maybe reused
             os.kill(worker.pid, signum)
     except (OSError, ValueError):
         pass  # gone already
