@@ -161,6 +161,29 @@ def _raise_interrupted(signum: int, frame: object) -> None:
     raise _Interrupted
 
 
+@contextlib.contextmanager
+def _signal_storm(seed: int, low: float, high: float) -> Iterator[None]:
+    """SIGUSR1 to this process every *low*-*high* seconds while the block runs; the handler raises ``_Interrupted``."""
+    stop = threading.Event()
+
+    def storm() -> None:
+        rng = random.Random(seed)
+        while not stop.wait(rng.uniform(low, high)):
+            os.kill(os.getpid(), signal.SIGUSR1)
+
+    previous = signal.signal(signal.SIGUSR1, _raise_interrupted)
+    sender = threading.Thread(target=storm)
+    try:
+        sender.start()
+        yield
+    finally:
+        signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+        stop.set()
+        if sender.is_alive():
+            sender.join()
+        signal.signal(signal.SIGUSR1, previous)
+
+
 def _netns_id() -> str:
     return os.readlink("/proc/self/ns/net")
 
@@ -185,19 +208,9 @@ def test_pool_stays_usable_after_a_storm_of_interrupted_calls(make_netns: Callab
     paths = [f"/run/netns/{make_netns()}" for _ in range(4)]
     expected = {path: f"net:[{os.stat(path).st_ino}]" for path in paths}
     pool = Pool(max_workers=2, spare_workers=1)
-    stop = threading.Event()
-
-    def storm() -> None:
-        rng = random.Random(12)
-        while not stop.wait(rng.uniform(0.002, 0.06)):
-            os.kill(os.getpid(), signal.SIGUSR1)
-
-    previous = signal.signal(signal.SIGUSR1, _raise_interrupted)
-    sender = threading.Thread(target=storm)
-    try:
-        for path in paths:
-            assert pool.run(path, _netns_id) == expected[path]
-        sender.start()
+    for path in paths:
+        assert pool.run(path, _netns_id) == expected[path]
+    with _signal_storm(12, 0.002, 0.06):
         done = 0
         while done < 1000:
             try:  # the handler may raise anywhere in this body, the loop's own lines too
@@ -207,12 +220,6 @@ def test_pool_stays_usable_after_a_storm_of_interrupted_calls(make_netns: Callab
                 assert got == expected[path]
             except (_Interrupted, NsWorkersError):
                 pass
-    finally:
-        signal.signal(signal.SIGUSR1, signal.SIG_IGN)
-        stop.set()
-        if sender.is_alive():
-            sender.join()
-        signal.signal(signal.SIGUSR1, previous)
     try:
         for path in paths:  # each call may wait for a free slot, never forever
             assert pool.options(timeout=30).run(path, _netns_id) == expected[path]
@@ -221,28 +228,21 @@ def test_pool_stays_usable_after_a_storm_of_interrupted_calls(make_netns: Callab
 
 
 def test_submit_result_under_a_storm_of_interrupts_loses_no_call(make_netns: Callable[[], str]) -> None:
-    """``submit().result()`` makes a queued call in the waiting thread -- the main thread, where signals land.
+    """``submit().result()`` in a main thread that signal handlers' exceptions keep interrupting.
 
-    Every interrupted call must still complete its future (a result or an
-    error) and be counted out: afterwards every namespace is served and
-    ``shutdown(wait=True)`` returns (a call counted in but never out would
-    make it wait for ever).
+    Every interrupted wait must leave the call to finish in its drain thread
+    and be counted out: afterwards every namespace is served and
+    ``shutdown(wait=True)`` returns. It hung intermittently while
+    ``result()`` made a queued call in the waiting thread itself (07fc00a,
+    reverted): CPython's ``Future`` and ``Semaphore`` locking then ran in the
+    main thread, and an exception landing just after one of their locks was
+    taken left it held (drain threads were seen stuck giving themselves back).
     """
     paths = [f"/run/netns/{make_netns()}" for _ in range(2)]
     expected = {path: f"net:[{os.stat(path).st_ino}]" for path in paths}
     pool = Pool(max_workers=2)
-    stop = threading.Event()
-
-    def storm() -> None:
-        rng = random.Random(13)
-        while not stop.wait(rng.uniform(0.001, 0.03)):
-            os.kill(os.getpid(), signal.SIGUSR1)
-
     futures = []
-    previous = signal.signal(signal.SIGUSR1, _raise_interrupted)
-    sender = threading.Thread(target=storm)
-    try:
-        sender.start()
+    with _signal_storm(13, 0.001, 0.03):
         done = 0
         while done < 600:
             try:
@@ -253,12 +253,6 @@ def test_submit_result_under_a_storm_of_interrupts_loses_no_call(make_netns: Cal
                 assert future.result() == expected[path]
             except (_Interrupted, NsWorkersError):
                 pass
-    finally:
-        signal.signal(signal.SIGUSR1, signal.SIG_IGN)
-        stop.set()
-        if sender.is_alive():
-            sender.join()
-        signal.signal(signal.SIGUSR1, previous)
     try:
         for path in paths:
             assert pool.options(timeout=30).run(path, _netns_id) == expected[path]
