@@ -23,7 +23,7 @@ _CACHEABLE = (types.FunctionType, types.BuiltinFunctionType, type)
 _MAX_INDEXED = 4096
 _fn_index: dict[Callable[..., Any], int] = {}
 _fn_index_lock = threading.Lock()
-#: Functions sent by value, seen once or numbered: (index or None, what they used, pinned).
+#: Functions sent by value, seen once or numbered, and what they carried then (see _Snapshot).
 _by_value: weakref.WeakKeyDictionary[types.FunctionType, _Snapshot] = weakref.WeakKeyDictionary()
 _MAX_CHANGES = 3  # a function whose inputs change more often than this is sent whole every time
 _next_index = 0
@@ -120,10 +120,10 @@ def _inputs(fn: types.FunctionType, seen: set[int]) -> list[object] | None:
     """Everything dill would send for *fn* by value, as objects compared by identity; None if some can change unseen.
 
     Its code, name, docstring, annotations, defaults, closure cells and the
-    globals its code (and nested code) names; recursively the same for functions it uses that go
-    by value. A value that can change without being rebound -- a list, a
-    dict, an instance, a class sent by value, a function with attributes --
-    makes the function unnumberable.
+    globals its code (and nested code) names; recursively the same for the
+    functions it uses that go by value. A value that can change without
+    being rebound -- a list, a dict, an instance, a class sent by value, a
+    function with attributes -- makes the function unnumberable.
     """
     if id(fn) in seen:
         return []
