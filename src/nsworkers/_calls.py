@@ -85,7 +85,10 @@ class _Snapshot:
 
 
 def _index_by_value(fn: types.FunctionType) -> int | None:
-    inputs = _inputs(fn, set())
+    try:
+        inputs = _inputs(fn, set())
+    except Exception:  # e.g. 3.14's lazy __annotations__ naming something undefined: just not numbered
+        return None
     if inputs is None:
         return None
     ids = [id(obj) for obj in inputs]
@@ -108,7 +111,10 @@ def _still_numbered(fn: Callable[..., Any], index: int) -> bool:
     if not isinstance(fn, types.FunctionType) or fn not in _by_value:
         return True  # sent by name: nothing of it travels
     snap = _by_value[fn]
-    inputs = _inputs(fn, set())
+    try:
+        inputs = _inputs(fn, set())
+    except Exception:
+        return False
     return inputs is not None and snap.index == index and snap.ids == [id(obj) for obj in inputs]
 
 
