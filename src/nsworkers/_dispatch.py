@@ -118,14 +118,13 @@ def cancel_pending(future: Future[Any]) -> None:
 
 
 class _Job:
-    __slots__ = ("call", "future", "queue", "target", "timeout")
+    __slots__ = ("call", "future", "target", "timeout")
 
     def __init__(self, future: CallFuture, target: Target, call: Call, timeout: float | None) -> None:
         self.future = future
         self.target = target
         self.call = call
         self.timeout = timeout
-        self.queue: _Queue | None = None  # while it waits in one
 
 
 class _Queue:
@@ -216,7 +215,6 @@ class Dispatcher:
             if queue is None:
                 queue = self._queues[target.key] = _Queue()
             queue.jobs.append(job)
-            job.queue = queue
             start = queue.drains < self._per_ns
             if start:
                 queue.drains += 1
@@ -233,7 +231,6 @@ class Dispatcher:
                         del self._queues[key]
                     return
                 job = queue.jobs.popleft()
-                job.queue = None
             self.run(job)
             del job
 
@@ -258,8 +255,6 @@ class Dispatcher:
             jobs = [job for queue in self._queues.values() for job in queue.jobs]
             for queue in self._queues.values():
                 queue.jobs.clear()
-            for job in jobs:
-                job.queue = None
         for job in jobs:
             job.future.cancel_pending()
             self._dropped()
