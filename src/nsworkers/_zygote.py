@@ -5,8 +5,8 @@ module, ``_worker``, ``_messages``, the pool's *preload* list, and the modules
 it *learns*: the module of a callable a spawn request names (``SpawnRequest.learn``)
 is imported here before that worker starts, so that it and every later worker
 inherit it instead of importing it each (``_Zygote.learn``); and so are,
-between requests, the modules a worker reports its first call imported
-(``_Zygote.read_report``). Only after a throw-away child imported it and
+before the next request, the modules a worker reports its first call imported
+(``_Zygote.read_report``, all in one trial). Only after a throw-away child imported it and
 stayed single-threaded, childless, with no new fd or signal handler, and
 from the same files as in the caller or worker (:func:`trial_import`);
 refusals are remembered. Of our own modules, it
@@ -139,7 +139,7 @@ def _origin(name: str) -> str | None:
 
 
 def _trial(chain: tuple[tuple[str, str], ...], reload: bool = False) -> int:
-    """In the throw-away child: import the module; 0 if that left this process as it was, else why not.
+    """In the throw-away child: import *chain*'s modules in order; 0 if that left this process as it was, else why not.
 
     Harmless means: it imported, from the same files as in the caller, and
     left no thread, no child process (we are a subreaper, so grandchildren
@@ -155,13 +155,14 @@ def _trial(chain: tuple[tuple[str, str], ...], reload: bool = False) -> int:
         pass
     fds = sorted(os.listdir("/proc/self/fd"))
     handlers = [_signal.getsignal(signum) for signum in _worker._CATCHABLE]
-    elsewhere = _import_elsewhere(chain[-1][0], reload)  # at the same time as ours
+    names = tuple(name for name, _ in chain)
+    elsewhere = _import_elsewhere(names, reload)  # at the same time as ours
     before = set(sys.modules)
     try:
-        _import(chain[-1][0], reload)
+        _import(names, reload)
     except BaseException:
         return 1
-    if _values_of(elsewhere) != _values(chain[-1][0], before, reload):
+    if _values_of(elsewhere) != _values(names, before, reload):
         return 7
     if any(_origin(name) != origin for name, origin in chain):
         return 2
@@ -187,15 +188,17 @@ _IMPORT_NAMESPACES = _sys.CLONE_NEWNET | _sys.CLONE_NEWUTS | _sys.CLONE_NEWIPC
 _TRIAL_HOST_NAME = "nsworkers-trial-import.invalid"
 
 
-def _import(name: str, reload: bool) -> None:
+def _import(names: tuple[str, ...], reload: bool) -> None:
+    """Import each of *names* in order (parents come first, so each is a plain import); or reload the last."""
     if reload:
-        importlib.reload(sys.modules[name])
-    else:
+        importlib.reload(sys.modules[names[-1]])
+        return
+    for name in names:
         importlib.import_module(name)
 
 
-def _import_elsewhere(name: str, reload: bool) -> tuple[int, int]:
-    """Start importing *name* in new namespaces, in a child; its pid and the pipe it answers on (:func:`_values_of`).
+def _import_elsewhere(names: tuple[str, ...], reload: bool) -> tuple[int, int]:
+    """Start importing *names* in new namespaces, in a child; its pid and the pipe it answers on (:func:`_values_of`).
 
     Before the zygote learned a module, a worker imported it after joining
     its target, so module-level code ran there: ``NAMES = if_nameindex()``
@@ -215,8 +218,8 @@ def _import_elsewhere(name: str, reload: bool) -> tuple[int, int]:
             _sys.unshare(_IMPORT_NAMESPACES)
             _sys.set_host_names(_TRIAL_HOST_NAME)  # a new UTS namespace starts with the caller's names
             before = set(sys.modules)
-            _import(name, reload)
-            data = pickle.dumps(_values(name, before, reload))
+            _import(names, reload)
+            data = pickle.dumps(_values(names, before, reload))
             with os.fdopen(wfd, "wb") as out:
                 out.write(data)
         finally:
@@ -237,12 +240,12 @@ def _values_of(child: tuple[int, int]) -> object:
         return None
 
 
-def _values(name: str, before: set[str], reload: bool) -> object:
-    """The plain values of the modules an import of *name* added to ``sys.modules`` (and of *name* on a reload)."""
-    names = sorted(set(sys.modules) - before)
+def _values(names: tuple[str, ...], before: set[str], reload: bool) -> object:
+    """The plain values of the modules an import of *names* added to ``sys.modules`` (and of the last on a reload)."""
+    added = sorted(set(sys.modules) - before)
     if reload:
-        names.append(name)
-    return [(mod, _plain_values(sys.modules.get(mod))) for mod in names]
+        added.append(names[-1])
+    return [(mod, _plain_values(sys.modules.get(mod))) for mod in added]
 
 
 def _plain_values(module: object) -> object:
@@ -305,7 +308,9 @@ TRIAL_VERDICTS = {
 def trial_import(
     chain: tuple[tuple[str, str], ...], timeout: float = _TRIAL_TIMEOUT, reload: bool = False
 ) -> str | None:
-    """Import (or *reload*) ``chain[-1]`` in a throw-away child; None if harmless (see :func:`_trial`), else why not.
+    """Import *chain*'s modules (or *reload* ``chain[-1]``) in a throw-away child; None if harmless, else why not.
+
+    Harmless is what :func:`_trial` checks.
 
     SIGCHLD stays blocked throughout, so our handler cannot reap the child
     before we read its verdict. A child still importing at *timeout* is killed.
@@ -377,6 +382,7 @@ class _Zygote:
         self.refused: dict[str, str] = {}  # module -> why it is not imported here
         self.reports: dict[int, socket.socket] = {}  # fd -> a new worker's socket, until it reports
         self.to_learn: collections.OrderedDict[str, str] = collections.OrderedDict()  # reported: name -> file
+        self.singly: collections.OrderedDict[str, str] = collections.OrderedDict()  # of a refused batch: tried alone
         self.poller = select.poll()  # the control socket and the report sockets
         self.poller.register(ctl, select.POLLIN)
 
@@ -425,6 +431,41 @@ class _Zygote:
                 self.refused[name] = why
             return False
         self.learned.add(name)
+        gc.freeze()  # as at start: what workers inherit stays shared
+        return True
+
+    def learn_reported(self) -> bool:
+        """Learn every module workers reported so far, with one trial for them all; True if something new was imported.
+
+        One trial, not one per module: a batch's first report names every
+        module its callable imports (31 for a netlink snapshot), and each
+        worker forked before they are learned imports them all itself.
+        If the trial refuses the lot, each is tried alone, between requests
+        (``singly``), so that one module that starts a thread costs only
+        itself.
+        """
+        batch: list[tuple[str, str]] = []
+        while self.to_learn and len(self.learned) + len(batch) < _MAX_LEARNED:
+            name, origin = self.to_learn.popitem(last=False)
+            if name in self.learned or name in self.refused or name in self.singly or name == "__main__":
+                continue
+            if _origin(name) == origin:
+                self.learned.add(name)  # already here (a parent of an earlier one)
+                continue
+            batch.append((name, origin))
+        self.to_learn.clear()  # past the cap: never learned, as a single module past it
+        if len(batch) <= 1:
+            return self.learn(tuple(batch))
+        why = trial_import(tuple(batch))
+        if why is None:
+            try:
+                _import(tuple(name for name, _ in batch), reload=False)
+            except BaseException:  # the trial passed: should not happen; what did import stays
+                why = "failed"
+        if why is not None:
+            self.singly.update(batch)
+            return why == "failed"
+        self.learned.update(name for name, _ in batch)
         gc.freeze()  # as at start: what workers inherit stays shared
         return True
 
@@ -547,7 +588,7 @@ class _Zygote:
         self.poller.register(sock, select.POLLIN)
 
     def read_report(self, fd: int) -> None:
-        """Queue what a worker's first call imported (``_worker._report_imports``), to learn when no request waits."""
+        """Queue what a worker's first call imported (``_worker._report_imports``), to learn before the next request."""
         sock = self.reports.pop(fd, None)
         self.poller.unregister(fd)
         if sock is None:
@@ -561,7 +602,7 @@ class _Zygote:
         for name, origin in zip(parts[::2], parts[1::2], strict=False):  # an odd tail is dropped
             if len(self.to_learn) >= _MAX_QUEUED:
                 break
-            if name and name not in self.learned and name not in self.refused:
+            if name and name not in self.learned and name not in self.refused and name not in self.singly:
                 self.to_learn.setdefault(name, origin)
 
     def close_reports(self) -> None:
@@ -627,11 +668,15 @@ class _Zygote:
                 if len(self.spares) >= self.want_spares and not pending.poll(0):
                     _rehearse()
                 continue
-            # Between requests, learn what workers reported, one module at a time.
-            if self.to_learn and not pending.poll(0):
-                name, origin = self.to_learn.popitem(last=False)
-                stale_spares = self.learn(((name, origin),)) or stale_spares
-                if stale_spares and not self.to_learn:
+            # Learn what workers reported before the next request, even while requests wait:
+            # in a cold batch they always do, and each worker forked before imports it all itself.
+            # Modules of a refused batch are tried one at a time, between requests.
+            if self.to_learn or (self.singly and not pending.poll(0)):
+                if self.to_learn:
+                    stale_spares = self.learn_reported() or stale_spares
+                else:
+                    stale_spares = self.learn((self.singly.popitem(last=False),)) or stale_spares
+                if stale_spares and not self.singly:
                     stale_spares = False
                     while self.spares:  # forked before: a fresh fork is cheaper than their import
                         self.spares.popleft().close()
@@ -640,8 +685,8 @@ class _Zygote:
             for fd, _ in ready:
                 if fd != ctl_fd:
                     self.read_report(fd)
-            if not any(fd == ctl_fd for fd, _ in ready):
-                continue
+            if self.to_learn or not any(fd == ctl_fd for fd, _ in ready):
+                continue  # a report read with a request learned first: the request's worker then inherits it
             try:
                 data, fds, _flags, _addr = recv_fds(self.ctl, CONTROL_BUFFER, _MAX_PASSED_FDS)
             except InterruptedError:  # pragma: no cover - PEP 475 retries; kept for clarity
