@@ -166,13 +166,15 @@ def test_inspect_with_a_plain_pool_teaches_its_zygote_the_netlink_modules(make_n
 
 
 @pytest.mark.privileged
+@pytest.mark.parametrize("spares", [1, 0])
 def test_every_module_a_first_call_imports_is_learned_before_the_next_request(
-    modules_dir: tuple[Path, str], make_netns: Callable[[], str]
+    spares: int, modules_dir: tuple[Path, str], make_netns: Callable[[], str]
 ) -> None:
     # Broke: the zygote learned reported modules one at a time, and only while no request
     # waited. A cold batch's requests always wait, so every worker of a 200-namespace
     # inspect() on a plain Pool() imported the 31 netlink modules itself (2x inspect's own pool).
     # Now the report that came before a request is learned, in one trial, before serving it.
+    # And a worker forked on demand (no spares) reports too: before, only spares did.
     directory, suffix = modules_dir
     names = [f"nswt_batch{i}_{suffix}" for i in range(3)]
     for name in names:
@@ -185,7 +187,7 @@ def test_every_module_a_first_call_imports_is_learned_before_the_next_request(
     )
     module = importlib.import_module(caller)
     first, second = (f"/run/netns/{make_netns()}" for _ in range(2))
-    with nsworkers.Pool() as pool:
+    with nsworkers.Pool(spare_workers=spares) as pool:
         assert pool.run(first, module.lazily) == [1, 1, 1]
         loaded = _modules_of_a_new_worker(pool, second)  # the very next request
     assert set(names) <= set(loaded)

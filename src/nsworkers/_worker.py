@@ -78,13 +78,19 @@ _FOR_CHILDREN = {"pid": "pid_for_children", "time": "time_for_children"}
 
 
 def child_main(
-    fds: tuple[int, int], targets: list[TargetSpec], parent_pid: int, pdeathsig: bool, native: tuple[str, ...] = ()
+    fds: tuple[int, int],
+    targets: list[TargetSpec],
+    parent_pid: int,
+    pdeathsig: bool,
+    native: tuple[str, ...] = (),
+    report: socket.socket | None = None,
 ) -> NoReturn:
     """Entry point right after fork; *fds* are the worker's channel ends ``(read, write)``. Never returns.
 
     *native*: extension modules to import before joining a mount namespace.
+    *report*: the zygote's socket for what the first call imports (:func:`_report_imports`).
     """
-    _exit_with(lambda: _main(fds, targets, parent_pid, pdeathsig, native))
+    _exit_with(lambda: _main(fds, targets, parent_pid, pdeathsig, native, report))
 
 
 def spare_main(sock: socket.socket, parent_pid: int) -> NoReturn:
@@ -206,17 +212,23 @@ def _rehearse() -> None:
 
 
 def _main(
-    fds: tuple[int, int], targets: list[TargetSpec], parent_pid: int, pdeathsig: bool, native: tuple[str, ...]
+    fds: tuple[int, int],
+    targets: list[TargetSpec],
+    parent_pid: int,
+    pdeathsig: bool,
+    native: tuple[str, ...],
+    report: socket.socket | None,
 ) -> int:
-    if not _prepare(parent_pid, pdeathsig, {*fds, *(t[0] for t in targets)}, "nsw-worker"):
+    keep = {*fds, *(t[0] for t in targets), *((report.fileno(),) if report is not None else ())}
+    if not _prepare(parent_pid, pdeathsig, keep, "nsw-worker"):
         return 1
-    return _start(fds, targets, native)
+    return _start(fds, targets, native, report)
 
 
 def _start(
     fds: tuple[int, int], targets: list[TargetSpec], native: tuple[str, ...], report: socket.socket | None = None
 ) -> int:
-    """Join, then serve; *report*: the spare's socket to the zygote, for :func:`_report_imports`."""
+    """Join, then serve; *report*: a socket to the zygote, for :func:`_report_imports`."""
     global _ns_dir, _caller_root
     # Opened before joining: after a mount-namespace join /proc may be another
     # pid namespace's procfs, where /proc/self does not resolve.

@@ -525,16 +525,25 @@ class _Zygote:
     ) -> tuple[int, int]:
         """Fork a worker for the target now (no spares)."""
         specs = [(fds[t.fd_index], t.flag, t.type_name, t.ident) for t in request.targets]
-        pid, pidfd = fork_with_pidfd()
+        report, report_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            pid, pidfd = fork_with_pidfd()
+        except OSError:
+            report.close()
+            report_theirs.close()
+            raise
         if pid == 0:  # pragma: no cover - runs in the worker
             try:
                 _worker.reset_signals()  # first: nothing may run our SIGCHLD handler here
                 close_all(*ours, *(s.pidfd for s in self.spares))
                 self.close_reports()
+                report.close()
                 self.ctl.close()
-                _worker.child_main(theirs, specs, self.pid, True, request.native)
+                _worker.child_main(theirs, specs, self.pid, True, request.native, report_theirs)
             finally:
                 os._exit(70)
+        report_theirs.close()
+        self.listen_for_report(report)
         self.live.add(pid)
         self.statuses.pop(pid, None)  # an earlier process's status under a reused pid
         return pid, pidfd
