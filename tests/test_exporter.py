@@ -230,6 +230,25 @@ def test_a_failing_namespace_is_a_labelled_error_not_a_failed_scrape(
 
 
 @pytest.mark.privileged
+def test_the_errors_of_a_gone_namespace_go_with_it(
+    make_netns: Callable[[], str], collector: Callable[..., NetnsCollector]
+) -> None:
+    # Broke: errors were kept per namespace for the whole run, so on a host where pods come
+    # and go the exporter's memory and its series grew without bound.
+    name, other = make_netns(), make_netns()
+    c = collector(patterns=[name, other], max_age=0)
+    scrape(c)
+    c.options.scrape_timeout = 1e-9
+    scrape(c)
+    assert {key[0] for key in c.errors} == {name, other}
+    ip("netns", "del", name)
+    samples = scrape(c)
+    assert value(samples, "nsworkers_exporter_namespace_errors_total", netns=other, error="TimeoutError") == 2
+    assert not any(("netns", name) in labels for _, labels in samples)
+    assert {key[0] for key in c.errors} == {other}
+
+
+@pytest.mark.privileged
 def test_new_namespaces_out_of_time_are_pending_not_failed(
     make_netns: Callable[[], str], collector: Callable[..., NetnsCollector]
 ) -> None:

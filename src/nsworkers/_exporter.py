@@ -350,7 +350,7 @@ class NetnsCollector:
             )
         self.pool = pool
         self.probes: dict[int, Probe] = {}
-        self.errors: dict[tuple[str, str], int] = {}  # (netns, error type) -> count, for the whole run
+        self.errors: dict[tuple[str, str], int] = {}  # (netns, error type) -> count, while the netns lives
         self.scrapes = 0  # scrapes actually run (coalesced ones excluded)
         self._flight = threading.Lock()  # held by the one thread running a scrape
         self._state = threading.Lock()  # guards _last
@@ -487,6 +487,9 @@ class NetnsCollector:
         live = {ns.inode for ns in found}
         for inode in [i for i in self.probes if i not in live]:  # gone: let the kernel free it
             self.probes.pop(inode).close()
+        labels = {netns_label(ns) for ns in found}
+        for key in [k for k in self.errors if k[0] not in labels]:  # gone: its series go too (pods churn)
+            del self.errors[key]
         wanted = self._wanted(found)
         builder = _Families(self.options)
         failed: set[int] = set()
@@ -741,7 +744,7 @@ class _Families:
         ]
         errs = CounterMetricFamily(
             "nsworkers_exporter_namespace_errors",
-            "Namespaces that failed, by namespace and error type, since the exporter started.",
+            "Namespaces that failed, by namespace and error type, since the exporter started (while they exist).",
             labels=["netns", "error"],
         )
         for (label, kind), count in sorted(errors.items()):
