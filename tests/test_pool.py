@@ -6,11 +6,13 @@ import asyncio
 import contextlib
 import ctypes
 import functools
+import gc
 import os
 import signal
 import socket
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 
@@ -155,6 +157,32 @@ with nsworkers.Pool() as pool:
     ]
 
 
+def test_recursive_functions_of_main_and_closures_can_be_sent(netns: str) -> None:
+    # Broke: dill's walk for the globals a function uses (recurse=True) never ended on a
+    # function that calls itself from a closure, or two that call each other: each such
+    # call failed with SerializationError (RecursionError) in the caller.
+    code = f"""
+import nsworkers
+LIMIT = 1
+def is_even(n):
+    return True if n < LIMIT else is_odd(n - 1)
+def is_odd(n):
+    return False if n < LIMIT else is_even(n - 1)
+def make():
+    def factorial(n):
+        return LIMIT if n <= 1 else n * factorial(n - 1)
+    return factorial
+with nsworkers.Pool() as pool:
+    print(*(pool.run({netns!r}, is_even, 10) for _ in range(3)))
+    print(*(pool.run({netns!r}, make(), 5) for _ in range(2)))
+    LIMIT = 2  # a global both read: sent again
+    print(pool.run({netns!r}, is_even, 10), pool.run({netns!r}, make(), 5))
+"""
+    done = run_python(code)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["True", "True", "True", "120", "120", "False", "240"]
+
+
 def keywords(**kwargs: int) -> dict[str, int]:
     return kwargs
 
@@ -206,6 +234,24 @@ def replace_pid_in_worker() -> None:
 def test_which_callables_are_named_by_number(fn: Callable[..., object], numbered: bool) -> None:
     _calls.index_of(fn)  # code sent by value is numbered from its second call
     assert (_calls.index_of(fn) is not None) is numbered
+
+
+def test_a_recursive_function_sent_by_value_is_not_kept_alive_by_its_numbering(pool: Pool, netns: str) -> None:
+    # Broke: the snapshot kept what the function carries by identity, the function itself
+    # among it (its closure names it), so its weak key never died: each such function leaked.
+    def make() -> Callable[[int], int]:
+        def factorial(n: int) -> int:
+            return 1 if n <= 1 else n * factorial(n - 1)
+
+        return factorial
+
+    factorial = make()
+    assert [pool.run(netns, factorial, 5) for _ in range(3)] == [120, 120, 120]
+    assert _calls.index_of(factorial) is not None  # numbered, and sent by number
+    gone = weakref.ref(factorial)
+    del factorial
+    gc.collect()
+    assert gone() is None
 
 
 SCALE = 2

@@ -120,9 +120,10 @@ def _still_numbered(fn: Callable[..., Any], index: int) -> bool:
 
 _ATOMS = (type(None), bool, int, float, complex, str, bytes, types.CodeType, types.ModuleType)
 _MISSING = object()
+_ROOT = object()
 
 
-def _inputs(fn: types.FunctionType, seen: set[int]) -> list[object] | None:
+def _inputs(fn: types.FunctionType, seen: set[int], root: object = None) -> list[object] | None:
     """Everything dill would send for *fn* by value, as objects compared by identity; None if some can change unseen.
 
     Its code, name, docstring, annotations, defaults, closure cells and the
@@ -130,7 +131,11 @@ def _inputs(fn: types.FunctionType, seen: set[int]) -> list[object] | None:
     functions it uses that go by value. A value that can change without
     being rebound -- a list, a dict, an instance, a class sent by value, a
     function with attributes -- makes the function unnumberable.
+    The function itself, met again (it calls itself), is ``_ROOT``: its
+    snapshot must not keep it alive.
     """
+    if root is None:
+        root = fn
     if id(fn) in seen:
         return []
     seen.add(id(fn))
@@ -149,13 +154,16 @@ def _inputs(fn: types.FunctionType, seen: set[int]) -> list[object] | None:
     names = fn.__globals__
     values += (names.get(name, _MISSING) for name in _global_names(fn.__code__))
     for value in values:
+        if value is root:
+            out.append(_ROOT)
+            continue
         out.append(value)
         if value is _MISSING or isinstance(value, _ATOMS):
             if isinstance(value, types.ModuleType) and value.__name__ == "__main__":
                 return None
             continue
         if type(value) is types.FunctionType and m.by_value(value):
-            more = _inputs(value, seen)
+            more = _inputs(value, seen, root)
             if more is None:
                 return None
             out += more

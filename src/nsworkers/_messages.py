@@ -57,6 +57,7 @@ channel is never reused out of step.
 
 from __future__ import annotations
 
+import _thread
 import errno
 import importlib
 import io
@@ -383,8 +384,43 @@ def _get_dill_pickler() -> Any:
                 base(pickler, module)
 
         Pickler.dispatch[types.ModuleType] = save_module
+        _guard_globalvars(sys.modules["dill.detect"])
         _dill_pickler = Pickler
     return _dill_pickler
+
+
+_globalvars_walk = _thread._local()  # the functions one globalvars() walk has entered (not threading: see _zygote)
+
+
+def _guard_globalvars(detect: Any) -> None:
+    """Make dill's ``detect.globalvars`` enter each function once per walk.
+
+    With ``recurse=True``, dill finds the globals a function uses by walking
+    the functions it calls; its walk has no memory, so a nested function
+    that calls itself (its closure holds it) or two functions that call
+    each other recursed until RecursionError, and the call could not be
+    sent. A function met again in the same walk adds nothing (its globals
+    are already counted where it was first entered), so it is skipped.
+    """
+    original = detect.globalvars
+    if getattr(original, "nsworkers_guard", False):
+        return
+
+    def globalvars(func: Any, recurse: bool = True, builtin: bool = False) -> dict[str, Any]:
+        entered = getattr(_globalvars_walk, "entered", None)
+        if entered is not None:
+            if id(func) in entered:
+                return {}
+            entered.add(id(func))
+            return original(func, recurse, builtin)  # type: ignore[no-any-return]
+        _globalvars_walk.entered = {id(func)}
+        try:
+            return original(func, recurse, builtin)  # type: ignore[no-any-return]
+        finally:
+            _globalvars_walk.entered = None
+
+    globalvars.nsworkers_guard = True  # type: ignore[attr-defined]
+    detect.globalvars = globalvars
 
 
 def dill_dumps(obj: object, *, contain: bool = False) -> bytes:
