@@ -127,6 +127,30 @@ def test_cancel_while_the_worker_starts(pool: Pool, make_netns: Callable[[], str
         assert pool.options(timeout=60).run(path, my_netns) == f"net:[{os.stat(path).st_ino}]"
 
 
+def test_cancel_of_a_call_waiting_for_a_worker_withdraws_it(make_netns: Callable[[], str], tmp_path: Path) -> None:
+    """Cancelled while it waits for room in a full pool: it lets go at once.
+
+    Broke: its dispatcher thread kept waiting; once the busy call ended, the
+    pool evicted that worker to start one for the cancelled call (which then
+    did not run).
+    """
+    busy_ns, queued_ns = (f"/run/netns/{make_netns()}" for _ in range(2))
+    started, gate = tmp_path / "started", tmp_path / "gate"
+    with Pool(max_workers=1) as pool, concurrent.futures.ThreadPoolExecutor(1) as caller:
+        # The only worker is held by a plain run() in a thread of the caller's (not a drain thread).
+        busy = caller.submit(pool.run, busy_ns, started_then_wait, str(started), str(gate), 7)
+        assert wait_for(started.exists)
+        queued = pool.submit(queued_ns, pid)
+        assert wait_for(lambda: len(pool._sched._waiting) == 1)  # it waits for room
+        assert queued.cancel()
+        assert wait_for(lambda: not pool._sched._waiting)  # ... no longer
+        first = pool.workers(memory=False)[0].pid
+        gate.touch()
+        assert busy.result(timeout=60) == 7
+        assert pool.run(busy_ns, pid) == first  # kept, not evicted for the cancelled call
+        assert [w.namespace for w in pool.workers(memory=False)] == [busy_ns]
+
+
 def test_cancel_racing_with_the_reply(pool: Pool, netns: str) -> None:
     """Cancel at random moments around the reply: one outcome each, callbacks once, no dead worker kept."""
     rng = random.Random(16)

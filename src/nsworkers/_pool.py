@@ -38,7 +38,7 @@ from . import _messages as m
 from . import _sys
 from ._calls import KEEPS_WORKER, REPLY_KINDS, Call, Failure, settle
 from ._dispatch import CallCancelled, CallFuture, Dispatcher, NamespaceExecutor, in_pool_thread, map_unordered
-from ._scheduler import BUSY, Reservation, Scheduler, Ticket, Worker
+from ._scheduler import BUSY, Abandoned, Reservation, Scheduler, Ticket, Worker
 from ._spawners import ForkSpawner, Spawner, ZygoteSpawner, describe_status
 from ._target import Key, TargetLike, resolve
 from ._target import Target as Resolved
@@ -566,7 +566,7 @@ class Pool(_Caller):
                     if idle_first and not attempt:
                         worker = self._sched.take_idle(target.key)
                     if worker is None:
-                        worker = self._acquire(target, deadline, call.fn)
+                        worker = self._acquire(target, deadline, call.fn, watch)
                     if watch is not None and not watch.arm(functools.partial(_kill_now, worker)):
                         given, worker = worker, None  # not ours once given back, even if a signal lands here
                         self._give_back(given)  # cancelled before anything was sent: it is as good as it was
@@ -669,13 +669,26 @@ class Pool(_Caller):
 
     # -- workers --------------------------------------------------------------
 
-    def _acquire(self, target: Resolved, deadline: float | None, fn: object = None) -> Worker:
+    def _acquire(
+        self, target: Resolved, deadline: float | None, fn: object = None, watch: CallFuture | None = None
+    ) -> Worker:
+        """A worker for *target*; *watch*: the call's future, whose ``cancel()`` ends a wait for one."""
         got, evicted = self._sched.try_acquire(target.key, target.label)
         try:
             for victim in evicted:
                 self._stop(victim)
             if isinstance(got, Ticket):
-                got = self._sched.wait(got, deadline)
+                ticket = got
+                if watch is not None and not watch.arm(functools.partial(self._sched.abandon, ticket)):
+                    self._sched.abandon(ticket)  # cancelled already: the wait below withdraws it
+                try:
+                    got = self._sched.wait(ticket, deadline)
+                except Abandoned:
+                    raise CallCancelled from None
+                finally:
+                    still_wanted = watch is None or watch.disarm(final=False)
+                if not still_wanted:  # cancelled as it was granted: given back below
+                    raise CallCancelled
         except BaseException:
             if isinstance(got, Reservation):
                 self._sched.cancelled(got)

@@ -66,15 +66,20 @@ class Reservation:
         self.slot = slot
 
 
+class Abandoned(Exception):
+    """The ticket's caller gave up (:meth:`Scheduler.abandon`): its wait ends, the ticket is withdrawn."""
+
+
 class Ticket:
     """A caller waiting for a worker of ``slot`` (or for room to start one)."""
 
-    __slots__ = ("gate", "granted", "slot")
+    __slots__ = ("abandoned", "gate", "granted", "slot")
 
     def __init__(self, slot: _Slot) -> None:
         self.slot = slot
         self.gate = Gate()  # opened when granted (a Condition's wait is not safe against signals: see Gate)
         self.granted: Worker | Reservation | PoolClosedError | None = None
+        self.abandoned = False
 
 
 class _Slot:
@@ -151,6 +156,8 @@ class Scheduler:
                     granted = ticket.granted
                     if granted is not None:
                         break
+                if ticket.abandoned:
+                    raise Abandoned
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     raise WorkerTimeoutError(f"no worker for {ticket.slot.label} became free in time")
@@ -162,6 +169,12 @@ class Scheduler:
         if isinstance(granted, PoolClosedError):
             raise granted
         return granted
+
+    @staticmethod
+    def abandon(ticket: Ticket) -> None:
+        """From any thread (no lock taken): end *ticket*'s wait in :class:`Abandoned` (unless granted first)."""
+        ticket.abandoned = True
+        ticket.gate.set()
 
     def _withdraw_locked(self, ticket: Ticket) -> None:
         """A waiter gave up: forget its ticket, and pass on whatever it was granted meanwhile."""
