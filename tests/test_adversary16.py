@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+import types
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -277,3 +278,43 @@ def test_a_module_slow_to_import_does_not_stall_cold_calls_to_other_namespaces(
     finally:
         sys.path.remove(str(tmp_path))
         sys.modules.pop(name, None)
+
+
+class _StdoutProbe:
+    """A constant whose repr notes which ``sys.stdout`` was in place while code was disassembled."""
+
+    def __init__(self) -> None:
+        self.seen: list[object] = []
+
+    def __repr__(self) -> str:
+        self.seen.append(sys.stdout)
+        return "probe"
+
+
+def _uses_a_constant() -> object:
+    return "PROBE", sys
+
+
+def test_finding_a_functions_globals_leaves_sys_stdout_alone() -> None:
+    """Threads send calls at once: dill's walk for a function's globals must not swap the process's stdout.
+
+    Broke: dill read the names from ``dis.dis`` printed into a buffer put in
+    place of ``sys.stdout`` for the whole process, so two threads sending
+    functions by value at once lost globals (NameError in the worker for a
+    name the caller had) and could leave ``sys.stdout`` a buffer for good.
+    Seen here deterministically: a constant of the code is printed by that
+    disassembly, and notes the ``sys.stdout`` of that moment.
+    """
+    from nsworkers import _messages as m
+
+    probe = _StdoutProbe()
+    consts = tuple(probe if c == "PROBE" else c for c in _uses_a_constant.__code__.co_consts)
+    fn = types.FunctionType(_uses_a_constant.__code__.replace(co_consts=consts), globals())
+    fn.__qualname__ = "<by value>.fn"  # as a nested function's: sent by value, its globals found by dill's walk
+    stdout = sys.stdout
+    try:
+        m.dill_dumps(fn)
+    except Exception:
+        pass  # the probe itself need not pickle: the walk comes first
+    assert sys.stdout is stdout
+    assert probe.seen and all(seen is stdout for seen in probe.seen)

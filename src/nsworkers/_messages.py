@@ -421,6 +421,36 @@ def _guard_globalvars(detect: Any) -> None:
 
     globalvars.nsworkers_guard = True  # type: ignore[attr-defined]
     detect.globalvars = globalvars
+    code_of = detect.code
+
+    def nestedglobals(func: Any, recurse: bool = True) -> list[str]:
+        return _nested_globals(code_of(func))
+
+    detect.nestedglobals = nestedglobals
+
+
+def _nested_globals(top: types.CodeType | None) -> list[str]:
+    """The global names code *top* and the code nested in it use, as dill's ``detect.nestedglobals`` finds them.
+
+    Dill's reads them from ``dis.dis`` printed to a ``sys.stdout`` it swaps
+    for a buffer: process-wide, so two threads sending calls at once lost
+    names (the worker then raised NameError for a global the caller had)
+    and could leave the caller's ``sys.stdout`` a buffer for good, and what
+    another thread printed meanwhile vanished. The same names, from the
+    instructions themselves (``dis.dis`` recurses into nested code whatever
+    dill's *recurse* says).
+    """
+    import dis
+
+    names: set[str] = set()
+    pending = [top]
+    while pending:
+        code = pending.pop()
+        if code is None:
+            continue
+        names.update(ins.argval for ins in dis.get_instructions(code) if "_GLOBAL" in ins.opname)
+        pending += (const for const in code.co_consts if isinstance(const, types.CodeType))
+    return list(names)
 
 
 def dill_dumps(obj: object, *, contain: bool = False) -> bytes:
