@@ -318,3 +318,48 @@ def test_finding_a_functions_globals_leaves_sys_stdout_alone() -> None:
         pass  # the probe itself need not pickle: the walk comes first
     assert sys.stdout is stdout
     assert probe.seen and all(seen is stdout for seen in probe.seen)
+
+
+_NS_MODULES_HIDDEN = {
+    "class attribute": """
+import os
+class Where:
+    NET = os.readlink("/proc/self/ns/net")  # read once, where the module is imported
+def where():
+    return Where.NET
+""",
+    "default argument": """
+import os
+def where(net=os.readlink("/proc/self/ns/net")):  # read once, where the module is imported
+    return net
+""",
+}
+
+
+@pytest.mark.parametrize("hidden", sorted(_NS_MODULES_HIDDEN))
+def test_namespace_state_read_at_import_into_a_class_or_default_is_not_learned(
+    hidden: str, tmp_path: Path, make_netns: Callable[[], str]
+) -> None:
+    """The zygote's trial compares what an import read in new namespaces: classes and defaults too.
+
+    Broke: the comparison saw a module's plain values only, a class or a
+    function by its name: ``class Where: NET = readlink(...)`` or
+    ``def where(net=readlink(...))`` imported the same elsewhere, so the
+    zygote learned the module (here: reported by a first call that imported
+    it), and every later worker answered with the caller's namespace.
+    """
+    name = f"nswt_hidden_{os.getpid()}"
+    (tmp_path / f"{name}.py").write_text(_NS_MODULES_HIDDEN[hidden])
+    sys.path.insert(0, str(tmp_path))
+
+    def lazily() -> str:
+        return str(importlib.import_module(name).where())
+
+    try:
+        with Pool() as pool:
+            for _ in range(4):  # the first call's report is learned before the next request
+                netns = f"/run/netns/{make_netns()}"
+                assert pool.run(netns, lazily) == _net_of(netns)
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop(name, None)

@@ -254,11 +254,19 @@ def _plain_values(module: object) -> object:
 
 
 _ATOMS = (type(None), bool, int, str, bytes)
+_ENUM_INDEXES = frozenset(("_member_map_", "_value2member_map_", "_member_names_", "_unhashable_values_"))  # of members
+_HEAP_TYPE = 1 << 9  # Py_TPFLAGS_HEAPTYPE: a class made by a class statement (a builtin one cannot change)
 
 
-def _plain(value: object, depth: int) -> object:
-    """*value*'s data, comparable between two imports: code, classes and modules by name, instances by their data.
+def _plain(value: object, depth: int, inner: bool = False) -> object:
+    """*value*'s data, comparable between two imports: modules by name, instances by their data.
 
+    A class also by its own attributes, a function also by its defaults and
+    closure (``class C: NET = readlink(...)``, ``def f(net=readlink(...))``
+    read namespace state at import as surely as ``NET = ...``); a class's
+    methods, properties and nested classes are code, not compared. Only the
+    module's own: in what those hold (*inner*), classes and functions go by
+    name only, so that a walk through classes that name each other stays short.
     Floats by type only: one read at import is a time more often than not;
     this process's pid as a marker.
     """
@@ -273,16 +281,40 @@ def _plain(value: object, depth: int) -> object:
         return "..."
     depth += 1
     if kind in (tuple, list):
-        return (kind.__name__, *(_plain(item, depth) for item in value[:1000]))  # type: ignore[index]
+        return (kind.__name__, *(_plain(item, depth, inner) for item in value[:1000]))  # type: ignore[index]
     if kind in (set, frozenset):
-        return ("set", frozenset(_hashable(_plain(item, depth)) for item in list(value)[:1000]))  # type: ignore[call-overload]
+        items = list(value)[:1000]  # type: ignore[call-overload]
+        return ("set", frozenset(_hashable(_plain(item, depth, inner)) for item in items))
     if kind is dict:
         items = list(value.items())[:1000]  # type: ignore[attr-defined]
-        return ("dict", *((_plain(k, depth), _plain(v, depth)) for k, v in items))
+        return ("dict", *((_plain(k, depth, inner), _plain(v, depth, inner)) for k, v in items))
     if isinstance(value, (type, types.FunctionType, types.BuiltinFunctionType, types.ModuleType)):
-        return (kind.__name__, getattr(value, "__qualname__", getattr(value, "__name__", "")))
+        name = (kind.__name__, getattr(value, "__qualname__", getattr(value, "__name__", "")))
+        if isinstance(value, type) and not inner and value.__flags__ & _HEAP_TYPE:
+            own = {  # its data: not its methods, properties, nested classes (code: by name elsewhere)
+                k: v
+                for k, v in vars(value).items()
+                if not k.startswith("__")
+                and k not in _ENUM_INDEXES
+                and not hasattr(type(v), "__get__")
+                and not isinstance(v, (type, types.ModuleType))
+            }
+            return (*name, _plain(own, depth, True))
+        if (
+            isinstance(value, types.FunctionType)
+            and not inner
+            and (value.__defaults__ or value.__kwdefaults__ or value.__closure__)
+        ):
+            cells = []
+            for cell in value.__closure__ or ():
+                try:
+                    cells.append(cell.cell_contents)
+                except ValueError:  # an empty cell
+                    cells.append(None)
+            return (*name, _plain((value.__defaults__, value.__kwdefaults__, cells), depth, True))
+        return name
     state = getattr(value, "__dict__", None)
-    return ("object", kind.__qualname__, _plain(dict(state), depth) if isinstance(state, dict) else None)
+    return ("object", kind.__qualname__, _plain(dict(state), depth, inner) if isinstance(state, dict) else None)
 
 
 def _hashable(value: object) -> object:
