@@ -488,15 +488,14 @@ class _Zygote:
         self.to_learn.clear()  # past the cap: never learned, as a single module past it
         if len(batch) <= 1:
             return self.learn(tuple(batch))
-        why = trial_import(tuple(batch))
-        if why is None:
-            try:
-                _import(tuple(name for name, _ in batch), reload=False)
-            except BaseException:  # the trial passed: should not happen; what did import stays
-                why = "failed"
-        if why is not None:
+        if trial_import(tuple(batch)) is not None:
             self.singly.update(batch)
-            return why == "failed"
+            return False
+        try:
+            _import(tuple(name for name, _ in batch), reload=False)
+        except BaseException:  # the trial passed: should not happen; what did import is found here when tried alone
+            self.singly.update(batch)
+            return True
         self.learned.update(name for name, _ in batch)
         gc.freeze()  # as at start: what workers inherit stays shared
         return True
