@@ -132,6 +132,18 @@ def fork_with_pidfd() -> tuple[int, int]:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
+def fork_with_socket() -> tuple[int, int, socket.socket, socket.socket]:
+    """:func:`fork_with_pidfd`, with a socket pair between parent and child: ``(pid, pidfd, ours, theirs)``."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        pid, pidfd = fork_with_pidfd()
+    except OSError:
+        ours.close()
+        theirs.close()
+        raise
+    return pid, pidfd, ours, theirs
+
+
 def _origin(name: str) -> str | None:
     spec = getattr(sys.modules.get(name), "__spec__", None)
     origin = getattr(spec, "origin", None)
@@ -556,13 +568,7 @@ class _Zygote:
     ) -> tuple[int, int]:
         """Fork a worker for the target now (no spares)."""
         specs = [(fds[t.fd_index], t.flag, t.type_name, t.ident) for t in request.targets]
-        report, report_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        try:
-            pid, pidfd = fork_with_pidfd()
-        except OSError:
-            report.close()
-            report_theirs.close()
-            raise
+        pid, pidfd, report, report_theirs = fork_with_socket()
         if pid == 0:  # pragma: no cover - runs in the worker
             try:
                 _worker.reset_signals()  # first: nothing may run our SIGCHLD handler here
@@ -581,13 +587,7 @@ class _Zygote:
 
     def fork_spare(self) -> None:
         """Fork a spare worker (see ``_worker.spare_main``) and keep our end of its socket."""
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        try:
-            pid, pidfd = fork_with_pidfd()
-        except OSError:
-            ours.close()
-            theirs.close()
-            raise
+        pid, pidfd, ours, theirs = fork_with_socket()
         if pid == 0:  # pragma: no cover - runs in the spare
             try:
                 _worker.reset_signals()  # first: nothing may run our SIGCHLD handler here
