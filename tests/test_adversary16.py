@@ -5,6 +5,7 @@ Each test is one minimal reproduction: it fails while the break is there.
 
 from __future__ import annotations
 
+import gc
 import importlib
 import inspect
 import os
@@ -13,8 +14,10 @@ import sys
 import threading
 import time
 import types
+import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -363,3 +366,32 @@ def test_namespace_state_read_at_import_into_a_class_or_default_is_not_learned(
     finally:
         sys.path.remove(str(tmp_path))
         sys.modules.pop(name, None)
+
+
+def test_two_functions_that_call_each_other_both_sent_are_not_kept_alive(pool: Pool, netns: str) -> None:
+    """Numbering two functions sent by value must not keep them alive.
+
+    Broke: each one's snapshot held the other by identity (it names it as a
+    global), the other's held the first: a cycle through the values of a
+    weak-keyed table, so neither key ever died (a function met as itself was
+    fixed; a pair, both sent, was not).
+    """
+    from nsworkers import _calls
+
+    names: dict[str, Any] = {"LIMIT": 1}
+    exec(  # as __main__'s functions are: sent by value, each naming the other as a global
+        "def is_even(n):\n    return True if n < LIMIT else is_odd(n - 1)\n"
+        "def is_odd(n):\n    return False if n < LIMIT else is_even(n - 1)\n",
+        names,
+    )
+    fns: list[Callable[[int], bool]] = [names["is_even"], names["is_odd"]]
+    for fn in fns:
+        fn.__qualname__ = f"<by value>.{fn.__name__}"
+    for fn in fns:
+        assert [pool.run(netns, fn, 4) for _ in range(3)] == [fn is fns[0]] * 3
+        assert _calls.index_of(fn) is not None  # numbered
+    gone = [weakref.ref(fn) for fn in fns]
+    del fn, fns
+    names.clear()
+    gc.collect()
+    assert [ref() for ref in gone] == [None, None]

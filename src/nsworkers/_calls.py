@@ -157,17 +157,21 @@ def _inputs(fn: types.FunctionType, seen: set[int], root: object = None) -> list
         if value is root:
             out.append(_ROOT)
             continue
+        if type(value) is types.FunctionType and m.by_value(value):
+            # Weakly, by identity (one ref object per live function): two functions that call
+            # each other, each numbered, would otherwise keep each other alive through their snapshots.
+            out.append(weakref.ref(value))
+            more = _inputs(value, seen, root)
+            if more is None:
+                return None
+            out += more
+            continue
         out.append(value)
         if value is _MISSING or isinstance(value, _ATOMS):
             if isinstance(value, types.ModuleType) and value.__name__ == "__main__":
                 return None
             continue
-        if type(value) is types.FunctionType and m.by_value(value):
-            more = _inputs(value, seen, root)
-            if more is None:
-                return None
-            out += more
-        elif isinstance(value, (types.FunctionType, types.BuiltinFunctionType, type)) and not m.by_value(value):
+        if isinstance(value, (types.FunctionType, types.BuiltinFunctionType, type)) and not m.by_value(value):
             continue  # sent by name
         elif type(value) in (tuple, frozenset) and all(isinstance(item, _ATOMS) for item in value):  # type: ignore[attr-defined]
             continue
