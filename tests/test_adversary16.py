@@ -331,6 +331,23 @@ class Where:
 def where():
     return Where.NET
 """,
+    "named tuple": """
+import collections, os
+Where = collections.namedtuple("Where", "net")
+WHERE = Where(os.readlink("/proc/self/ns/net"))  # read once, where the module is imported
+def where():
+    return WHERE.net
+""",
+    "slots": """
+import os
+class Where:
+    __slots__ = ("net",)
+    def __init__(self, net):
+        self.net = net
+WHERE = Where(os.readlink("/proc/self/ns/net"))  # read once, where the module is imported
+def where():
+    return WHERE.net
+""",
     "default argument": """
 import os
 def where(net=os.readlink("/proc/self/ns/net")):  # read once, where the module is imported

@@ -292,8 +292,8 @@ def _plain(value: object, depth: int, inner: bool = False) -> object:
     if depth > 4:
         return "..."
     depth += 1
-    if kind in (tuple, list):
-        return (kind.__name__, *(_plain(item, depth, inner) for item in value[:1000]))  # type: ignore[index]
+    if isinstance(value, (tuple, list)):  # a named tuple too
+        return (kind.__qualname__, *(_plain(item, depth, inner) for item in value[:1000]))
     if kind in (set, frozenset):
         items = list(value)[:1000]  # type: ignore[call-overload]
         return ("set", frozenset(_hashable(_plain(item, depth, inner)) for item in items))
@@ -326,7 +326,18 @@ def _plain(value: object, depth: int, inner: bool = False) -> object:
             return (*name, _plain((value.__defaults__, value.__kwdefaults__, cells), depth, True))
         return name
     state = getattr(value, "__dict__", None)
-    return ("object", kind.__qualname__, _plain(dict(state), depth, inner) if isinstance(state, dict) else None)
+    slots = [getattr(value, name, None) for name in _slot_names(kind)]
+    data = _plain(dict(state), depth, inner) if isinstance(state, dict) else None
+    return ("object", kind.__qualname__, data, *(_plain(item, depth, inner) for item in slots))
+
+
+def _slot_names(kind: type) -> list[str]:
+    """The ``__slots__`` attributes of *kind*'s instances, base classes' too."""
+    names: list[str] = []
+    for cls in kind.__mro__:
+        slots = vars(cls).get("__slots__", ())
+        names += [slots] if isinstance(slots, str) else [name for name in slots if isinstance(name, str)]
+    return [name for name in names if name not in ("__dict__", "__weakref__")]
 
 
 def _hashable(value: object) -> object:
