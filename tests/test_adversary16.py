@@ -353,6 +353,26 @@ import os
 def where(net=os.readlink("/proc/self/ns/net")):  # read once, where the module is imported
     return net
 """,
+    "compiled pattern": """
+import os, re
+WHERE = re.compile(os.readlink("/proc/self/ns/net").replace("[", "<").replace("]", ">"))  # a C object
+def where():
+    return WHERE.pattern.replace("<", "[").replace(">", "]")
+""",
+    "method default": """
+import os
+class Where:
+    def net(self, net=os.readlink("/proc/self/ns/net")):  # read once, where the module is imported
+        return net
+def where():
+    return Where().net()
+""",
+    "deep inside": """
+import os
+TABLE = {"a": [{"b": ({"c": [[[os.stat("/proc/self/ns/net").st_ino]]]},)}]}  # an int, deeper than any fixed depth
+def where():
+    return "net:[%d]" % TABLE["a"][0]["b"][0]["c"][0][0][0]
+""",
 }
 
 

@@ -194,6 +194,24 @@ def test_every_module_a_first_call_imports_is_learned_before_the_next_request(
 
 
 @pytest.mark.privileged
+def test_a_module_too_big_for_the_trial_to_compare_is_not_learned(
+    modules_dir: tuple[Path, str], make_netns: Callable[[], str]
+) -> None:
+    # The trial compares everything the import made; past _WALK_LIMIT objects it cannot, and refuses.
+    directory, suffix = modules_dir
+    big, caller = f"nswt_big_{suffix}", f"nswt_bigcaller_{suffix}"
+    _write_module(directory, big, "DATA = [[i] for i in range(450_000)]\n")
+    _write_module(
+        directory, caller, f"import importlib\n\ndef lazily():\n    return len(importlib.import_module({big!r}).DATA)\n"
+    )
+    module = importlib.import_module(caller)
+    first, second = (f"/run/netns/{make_netns()}" for _ in range(2))
+    with nsworkers.Pool() as pool:
+        assert pool.run(first, module.lazily) == 450_000
+        assert big not in _modules_of_a_new_worker(pool, second)  # the very next request: tried, refused
+
+
+@pytest.mark.privileged
 def test_modules_a_first_call_imports_are_learned_but_not_one_that_starts_a_thread(
     modules_dir: tuple[Path, str], make_netns: Callable[[], str]
 ) -> None:

@@ -157,8 +157,8 @@ def _trial(chain: tuple[tuple[str, str], ...], reload: bool = False) -> int:
     left no thread, no child process (we are a subreaper, so grandchildren
     count too), no open fd and no signal handler behind it. An import that
     does any of these would do it in the zygote, and every worker after it.
-    And it gave the modules it added the same plain values as an import in
-    new namespaces (:func:`_import_elsewhere`).
+    And what it made compares equal (:func:`_values`) to what an import in
+    new namespaces made (:func:`_import_elsewhere`).
     """
     _signal.signal(_signal.SIGCHLD, _signal.SIG_DFL)  # the zygote's handler would reap what we look for
     try:
@@ -169,12 +169,15 @@ def _trial(chain: tuple[tuple[str, str], ...], reload: bool = False) -> int:
     handlers = [_signal.getsignal(signum) for signum in _worker._CATCHABLE]
     names = tuple(name for name, _ in chain)
     elsewhere = _import_elsewhere(names, reload)  # at the same time as ours
-    before = set(sys.modules)
+    before, existing = set(sys.modules), _existing()
     try:
         _import(names, reload)
     except BaseException:
         return 1
-    if _values_of(elsewhere) != _values(names, before, reload):
+    ours = _values(names, before, existing, reload)
+    if ours is _TOO_BIG:
+        return 8
+    if _values_of(elsewhere) != ours:
         return 7
     if any(_origin(name) != origin for name, origin in chain):
         return 2
@@ -229,9 +232,9 @@ def _import_elsewhere(names: tuple[str, ...], reload: bool) -> tuple[int, int]:
             _sys.prctl(_sys.PR_SET_PDEATHSIG, signal.SIGKILL)  # the trial is killed at its timeout: so are we
             _sys.unshare(_IMPORT_NAMESPACES)
             _sys.set_host_names(_TRIAL_HOST_NAME)  # a new UTS namespace starts with the caller's names
-            before = set(sys.modules)
+            before, existing = set(sys.modules), _existing()
             _import(names, reload)
-            data = pickle.dumps(_values(names, before, reload))
+            data = pickle.dumps(_values(names, before, existing, reload))
             with os.fdopen(wfd, "wb") as out:
                 out.write(data)
         finally:
@@ -252,12 +255,76 @@ def _values_of(child: tuple[int, int]) -> object:
         return None
 
 
-def _values(names: tuple[str, ...], before: set[str], reload: bool) -> object:
-    """The plain values of the modules an import of *names* added to ``sys.modules`` (and of the last on a reload)."""
+def _values(names: tuple[str, ...], before: set[str], existing: _Existing, reload: bool) -> object:
+    """What an import of *names* made, comparable between two imports; ``_TOO_BIG`` past what a trial compares.
+
+    The plain values of the modules it added to ``sys.modules`` (and of the
+    last on a reload), and :func:`_made_atoms` of them.
+    """
     added = sorted(set(sys.modules) - before)
     if reload:
         added.append(names[-1])
-    return [(mod, _plain_values(sys.modules.get(mod))) for mod in added]
+    modules = [sys.modules.get(mod) for mod in added]
+    # their values, not their dicts: a reloaded module's dict existed before, what the reload put in it did not
+    atoms = _made_atoms([value for module in modules for value in getattr(module, "__dict__", {}).values()], existing)
+    if atoms is None:
+        return _TOO_BIG
+    return [*((mod, _plain_values(module)) for mod, module in zip(added, modules, strict=True)), atoms]
+
+
+#: A trial's walk of what an import made visits at most this many objects; a bigger import is not learned.
+_WALK_LIMIT = 400_000
+_TOO_BIG = "<too big to compare>"
+
+
+class _Existing:
+    """Every object the collector tracked before an import: kept alive, so no new object can take an id of theirs."""
+
+    __slots__ = ("ids", "objects")
+
+    def __init__(self) -> None:
+        gc.unfreeze()  # frozen objects are not listed (a throw-away child: its pages are its own)
+        self.objects = gc.get_objects()
+        self.ids = {id(obj) for obj in self.objects}
+
+
+def _existing() -> _Existing:
+    return _Existing()
+
+
+def _made_atoms(roots: list[object], existing: _Existing) -> tuple[int, int] | None:
+    """A digest of every str, bytes and int reachable from *roots* through objects the import made.
+
+    :func:`_plain` compares the values modules hold in the shapes it knows;
+    state read at import hides in others (a compiled pattern, a method's
+    default, a C object's fields, a container nested deeper than it looks).
+    This walks the references themselves (``gc.get_referents``), in an order
+    that is the same in two imports of the same code, and stops at objects
+    that existed before the import (the same in both) and at modules,
+    code and floats (mostly times). None past ``_WALK_LIMIT`` objects.
+    """
+    pid = os.getpid()
+    atoms: list[object] = []
+    seen: set[int] = set()
+    stack = roots[::-1]
+    while stack:
+        obj = stack.pop()
+        kind = type(obj)
+        if kind is str or kind is bytes:
+            atoms.append(obj)
+            continue
+        if kind is int:
+            atoms.append("<pid>" if obj == pid else obj)
+            continue
+        if kind in (bool, float, complex, type(None), types.CodeType, types.ModuleType):
+            continue
+        if id(obj) in seen or id(obj) in existing.ids:
+            continue
+        seen.add(id(obj))
+        if len(seen) > _WALK_LIMIT:
+            return None
+        stack += reversed(gc.get_referents(obj))
+    return len(atoms), hash(tuple(atoms))  # the same hash seed in both: forks of one zygote
 
 
 def _plain_values(module: object) -> object:
@@ -357,6 +424,7 @@ TRIAL_VERDICTS = {
     5: "its import left a file descriptor open",
     6: "its import changed a signal handler",
     7: "it read namespace state at import: imported in new namespaces, it had other values",
+    8: f"its import made more than {_WALK_LIMIT} objects, more than a trial compares",
 }
 
 
