@@ -23,6 +23,8 @@ import pytest
 
 from nsworkers import Namespace, Pool
 
+from .conftest import run_python
+
 pytestmark = pytest.mark.privileged
 
 
@@ -367,6 +369,12 @@ class Where:
 def where():
     return Where().net()
 """,
+    "set on another module": """
+import builtins, os
+builtins.nswt_hidden_net = os.readlink("/proc/self/ns/net")  # on a module that was there before
+def where():
+    return builtins.nswt_hidden_net
+""",
     "deep inside": """
 import os
 TABLE = {"a": [{"b": ({"c": [[[os.stat("/proc/self/ns/net").st_ino]]]},)}]}  # an int, deeper than any fixed depth
@@ -403,6 +411,28 @@ def test_namespace_state_read_at_import_into_a_class_or_default_is_not_learned(
     finally:
         sys.path.remove(str(tmp_path))
         sys.modules.pop(name, None)
+
+
+@pytest.mark.parametrize("hidden", sorted(_NS_MODULES_HIDDEN))
+def test_the_trial_import_refuses_each_way_of_keeping_namespace_state(hidden: str, tmp_path: Path) -> None:
+    """The same modules, straight to the zygote's trial: each one is refused, whatever the timing of a pool.
+
+    Broke ("set on another module"): the trial walked only what the new
+    module holds; a value it set on a module that was there before
+    (``builtins``) passed, and the zygote would have learned it.
+    """
+    from nsworkers import _zygote
+
+    name = f"nswt_trialhidden_{os.getpid()}"
+    path = tmp_path / f"{name}.py"
+    path.write_text(_NS_MODULES_HIDDEN[hidden])
+    code = (  # in a fresh interpreter, single-threaded as the zygote is: the trial forks
+        f"import sys; sys.path.insert(0, {str(tmp_path)!r}); from nsworkers import _zygote; "
+        f"print(_zygote.trial_import((({name!r}, {str(path)!r}),)))"
+    )
+    done = run_python(code)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == _zygote.TRIAL_VERDICTS[7]
 
 
 def test_two_functions_that_call_each_other_both_sent_are_not_kept_alive(pool: Pool, netns: str) -> None:

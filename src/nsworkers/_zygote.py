@@ -265,8 +265,11 @@ def _values(names: tuple[str, ...], before: set[str], existing: _Existing, reloa
     if reload:
         added.append(names[-1])
     modules = [sys.modules.get(mod) for mod in added]
-    # their values, not their dicts: a reloaded module's dict existed before, what the reload put in it did not
-    atoms = _made_atoms([value for module in modules for value in getattr(module, "__dict__", {}).values()], existing)
+    # their values, not their dicts: a reloaded module's dict existed before, what the reload put in it did not;
+    # and what it set on modules that were there before (builtins.NET = ..., other.CONFIG = ...)
+    roots = [value for module in modules for value in getattr(module, "__dict__", {}).values()]
+    roots += existing.changed_module_attributes()
+    atoms = _made_atoms(roots, existing)
     if atoms is None:
         return _TOO_BIG
     return [*((mod, _plain_values(module)) for mod, module in zip(added, modules, strict=True)), atoms]
@@ -280,12 +283,30 @@ _TOO_BIG = "<too big to compare>"
 class _Existing:
     """Every object the collector tracked before an import: kept alive, so no new object can take an id of theirs."""
 
-    __slots__ = ("ids", "objects")
+    __slots__ = ("ids", "module_attributes", "objects")
 
     def __init__(self) -> None:
         gc.unfreeze()  # frozen objects are not listed (a throw-away child: its pages are its own)
         self.objects = gc.get_objects()
         self.ids = {id(obj) for obj in self.objects}
+        self.module_attributes = {
+            name: {key: id(value) for key, value in vars(module).items()}
+            for name, module in list(sys.modules.items())
+            if isinstance(getattr(module, "__dict__", None), dict)
+        }
+
+    def changed_module_attributes(self) -> list[object]:
+        """Names and values an import set or rebound on the modules that were there before it."""
+        out: list[object] = []
+        for name, before in self.module_attributes.items():
+            namespace = getattr(sys.modules.get(name), "__dict__", None)
+            if not isinstance(namespace, dict):
+                out.append(f"{name} is gone")
+                continue
+            for key, value in list(namespace.items()):
+                if before.get(key) != id(value):
+                    out += (name, key, value)
+        return out
 
 
 def _existing() -> _Existing:
