@@ -194,6 +194,17 @@ def test_every_module_a_first_call_imports_is_learned_before_the_next_request(
 
 
 @pytest.mark.privileged
+def test_dill_is_learned_after_the_first_call_that_needed_it(make_netns: Callable[[], str]) -> None:
+    # Broke (the trial's walk of what an import made, before C data was left out): dill's
+    # ctypes function pointers hold addresses, never the same in two imports, so dill was
+    # refused and every worker sent a lambda imported dill and its ~50 modules itself.
+    first, second = (f"/run/netns/{make_netns()}" for _ in range(2))
+    with nsworkers.Pool() as pool:
+        assert pool.run(first, lambda: 1) == 1  # code by value: its worker imports dill
+        assert "dill" in _modules_of_a_new_worker(pool, second)
+
+
+@pytest.mark.privileged
 def test_a_module_too_big_for_the_trial_to_compare_is_not_learned(
     modules_dir: tuple[Path, str], make_netns: Callable[[], str]
 ) -> None:

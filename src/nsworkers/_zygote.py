@@ -342,6 +342,8 @@ def _made_atoms(roots: list[object], existing: _Existing) -> tuple[int, int] | N
         if id(obj) in seen or id(obj) in existing.ids:
             continue
         seen.add(id(obj))
+        if any(base.__module__ == "_ctypes" for base in kind.__mro__):
+            continue  # C data (a loaded function, a structure): addresses, never the same in two imports
         if len(seen) > _WALK_LIMIT:
             return None
         stack += reversed(gc.get_referents(obj))
