@@ -319,8 +319,7 @@ def _made_atoms(roots: list[object], existing: _Existing) -> tuple[int, int] | N
     :func:`_plain` compares the values modules hold in the shapes it knows;
     state read at import hides in others (a compiled pattern, a method's
     default, a C object's fields, a container nested deeper than it looks).
-    This walks the references themselves (``gc.get_referents``), in an order
-    that is the same in two imports of the same code, and stops at objects
+    This walks the references themselves (``gc.get_referents``) and stops at objects
     that existed before the import (the same in both) and at modules,
     code and floats (mostly times). None past ``_WALK_LIMIT`` objects.
     """
@@ -347,7 +346,10 @@ def _made_atoms(roots: list[object], existing: _Existing) -> tuple[int, int] | N
         if len(seen) > _WALK_LIMIT:
             return None
         stack += reversed(gc.get_referents(obj))
-    return len(atoms), hash(tuple(atoms))  # the same hash seed in both: forks of one zygote
+    # As a multiset: a set of classes or functions is walked in the order of their addresses,
+    # which two imports need not share. (Hashes: the same seed in both, forks of one zygote.)
+    atoms.sort(key=lambda atom: (type(atom).__name__, atom))
+    return len(atoms), hash(tuple(atoms))
 
 
 def _plain_values(module: object) -> object:
