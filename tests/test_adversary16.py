@@ -375,6 +375,15 @@ builtins.nswt_hidden_net = os.readlink("/proc/self/ns/net")  # on a module that 
 def where():
     return builtins.nswt_hidden_net
 """,
+    "buffer and str subclass": """
+import os
+class Name(str):
+    __slots__ = ()
+NAME = Name(os.readlink("/proc/self/ns/net"))  # no __dict__, no slots: its data only
+RAW = bytearray(NAME.encode())
+def where():
+    return RAW.decode() if RAW.decode() == NAME else "mismatch"
+""",
     "deep inside": """
 import os
 TABLE = {"a": [{"b": ({"c": [[[os.stat("/proc/self/ns/net").st_ino]]]},)}]}  # an int, deeper than any fixed depth

@@ -313,6 +313,24 @@ def _existing() -> _Existing:
     return _Existing()
 
 
+def _atom_of(obj: object) -> object:
+    """The plain data of a str or int subclass' instance, or of a buffer (bytearray, array, memoryview).
+
+    Not of a bytes subclass: multiprocessing's authentication key is one,
+    random in every import (refusing it would refuse dill).
+    """
+    try:
+        if isinstance(obj, str):
+            return str.__str__(obj)
+        if isinstance(obj, int) and not isinstance(obj, bool):
+            return int.__index__(obj)
+        if isinstance(obj, (bytearray, memoryview)) or type(obj).__module__ == "array":
+            return memoryview(obj).tobytes()  # type: ignore[arg-type]
+    except Exception:  # a released view, an exotic buffer: a marker both imports make alike
+        return f"<{type(obj).__qualname__}>"
+    return None
+
+
 def _made_atoms(roots: list[object], existing: _Existing) -> tuple[int, int] | None:
     """A digest of every str, bytes and int reachable from *roots* through objects the import made.
 
@@ -343,6 +361,9 @@ def _made_atoms(roots: list[object], existing: _Existing) -> tuple[int, int] | N
         seen.add(id(obj))
         if any(base.__module__ == "_ctypes" for base in kind.__mro__):
             continue  # C data (a loaded function, a structure): addresses, never the same in two imports
+        atom = _atom_of(obj)
+        if atom is not None:  # a str, bytes or int subclass, a buffer: data no reference leads to
+            atoms.append(atom)
         if len(seen) > _WALK_LIMIT:
             return None
         stack += reversed(gc.get_referents(obj))
