@@ -169,7 +169,7 @@ def _trial(chain: tuple[tuple[str, str], ...], reload: bool = False) -> int:
     handlers = [_signal.getsignal(signum) for signum in _worker._CATCHABLE]
     names = tuple(name for name, _ in chain)
     elsewhere = _import_elsewhere(names, reload)  # at the same time as ours
-    before, existing = set(sys.modules), _existing()
+    before, existing = set(sys.modules), _Existing()
     try:
         _import(names, reload)
     except BaseException:
@@ -232,7 +232,7 @@ def _import_elsewhere(names: tuple[str, ...], reload: bool) -> tuple[int, int]:
             _sys.prctl(_sys.PR_SET_PDEATHSIG, signal.SIGKILL)  # the trial is killed at its timeout: so are we
             _sys.unshare(_IMPORT_NAMESPACES)
             _sys.set_host_names(_TRIAL_HOST_NAME)  # a new UTS namespace starts with the caller's names
-            before, existing = set(sys.modules), _existing()
+            before, existing = set(sys.modules), _Existing()
             _import(names, reload)
             data = pickle.dumps(_values(names, before, existing, reload))
             with os.fdopen(wfd, "wb") as out:
@@ -289,8 +289,8 @@ class _Existing:
         gc.unfreeze()  # frozen objects are not listed (a throw-away child: its pages are its own)
         self.objects = gc.get_objects()
         self.ids = {id(obj) for obj in self.objects}
-        self.module_attributes = {
-            name: {key: id(value) for key, value in vars(module).items()}
+        self.module_attributes = {  # the values themselves: a freed one's id could be a new value's
+            name: dict(vars(module))
             for name, module in list(sys.modules.items())
             if isinstance(getattr(module, "__dict__", None), dict)
         }
@@ -304,13 +304,9 @@ class _Existing:
                 out.append(f"{name} is gone")
                 continue
             for key, value in list(namespace.items()):
-                if before.get(key) != id(value):
+                if key not in before or before[key] is not value:
                     out += (name, key, value)
         return out
-
-
-def _existing() -> _Existing:
-    return _Existing()
 
 
 def _atom_of(obj: object) -> object:
@@ -362,7 +358,7 @@ def _made_atoms(roots: list[object], existing: _Existing) -> tuple[int, int] | N
         if any(base.__module__ == "_ctypes" for base in kind.__mro__):
             continue  # C data (a loaded function, a structure): addresses, never the same in two imports
         atom = _atom_of(obj)
-        if atom is not None:  # a str, bytes or int subclass, a buffer: data no reference leads to
+        if atom is not None:  # a str or int subclass, a buffer: data no reference leads to
             atoms.append(atom)
         if len(seen) > _WALK_LIMIT:
             return None
