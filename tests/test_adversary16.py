@@ -384,6 +384,20 @@ RAW = bytearray(NAME.encode())
 def where():
     return RAW.decode() if RAW.decode() == NAME else "mismatch"
 """,
+    "bools in a method default": """
+import os
+class Where:
+    def bits(self, bits=tuple(c == "1" for c in format(os.stat("/proc/self/ns/net").st_ino, "b"))):
+        return bits
+def where():
+    return "net:[%d]" % int("".join("1" if bit else "0" for bit in Where().bits()), 2)
+""",
+    "ctypes buffer": """
+import ctypes, os
+NET = ctypes.create_string_buffer(os.readlink("/proc/self/ns/net").encode(), 64)
+def where():
+    return NET.value.decode()
+""",
     "deep inside": """
 import os
 TABLE = {"a": [{"b": ({"c": [[[os.stat("/proc/self/ns/net").st_ino]]]},)}]}  # an int, deeper than any fixed depth

@@ -18,10 +18,11 @@ from pathlib import Path
 import pytest
 
 import nsworkers
+from nsworkers import _zygote
 from nsworkers._messages import CONTROL_BUFFER, Reaped, ReapRequest
 from nsworkers._zygote import _Zygote
 
-from .conftest import wait_for
+from .conftest import run_python, wait_for
 
 
 def test_a_status_kept_for_a_reused_pid_does_not_answer_for_the_live_process() -> None:
@@ -212,6 +213,13 @@ def test_a_module_too_big_for_the_trial_to_compare_is_not_learned(
     directory, suffix = modules_dir
     big, caller = f"nswt_big_{suffix}", f"nswt_bigcaller_{suffix}"
     _write_module(directory, big, "DATA = [[i] for i in range(450_000)]\n")
+    code = (  # the verdict itself, in a fresh interpreter (single-threaded, as the zygote is), however loaded
+        f"import sys; sys.path.insert(0, {str(directory)!r}); from nsworkers import _zygote; "
+        f"print(_zygote.trial_import((({big!r}, {str(directory / (big + '.py'))!r}),), timeout=120))"
+    )
+    done = run_python(code)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == _zygote.TRIAL_VERDICTS[8]
     _write_module(
         directory, caller, f"import importlib\n\ndef lazily():\n    return len(importlib.import_module({big!r}).DATA)\n"
     )

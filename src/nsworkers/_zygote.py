@@ -287,6 +287,7 @@ class _Existing:
 
     def __init__(self) -> None:
         gc.unfreeze()  # frozen objects are not listed (a throw-away child: its pages are its own)
+        gc.disable()  # nor collected: a collection during the import would walk the zygote's whole heap
         self.objects = gc.get_objects()
         self.ids = {id(obj) for obj in self.objects}
         self.module_attributes = {  # the values themselves: a freed one's id could be a new value's
@@ -309,6 +310,20 @@ class _Existing:
         return out
 
 
+def _holds_an_address(kind: type) -> bool:
+    """A ctypes function or pointer type (dill holds some): its data is an address. Arrays and structures are data."""
+    if getattr(kind, "_type_", None) in ("P", "z", "Z"):  # c_void_p, c_char_p, c_wchar_p
+        return True
+    return any(base.__module__ == "_ctypes" and base.__name__ in ("CFuncPtr", "_Pointer") for base in kind.__mro__)
+
+
+def _is_c_data(obj: object) -> bool:
+    """A ctypes array, structure, union or simple value (only an import of ctypes makes one)."""
+    ctypes = sys.modules.get("_ctypes")
+    kinds = tuple(getattr(ctypes, name, object) for name in ("Array", "Structure", "Union", "_SimpleCData"))
+    return ctypes is not None and isinstance(obj, kinds)
+
+
 def _atom_of(obj: object) -> object:
     """The plain data of a str or int subclass' instance, or of a buffer (bytearray, array, memoryview).
 
@@ -320,7 +335,7 @@ def _atom_of(obj: object) -> object:
             return str.__str__(obj)
         if isinstance(obj, int) and not isinstance(obj, bool):
             return int.__index__(obj)
-        if isinstance(obj, (bytearray, memoryview)) or type(obj).__module__ == "array":
+        if isinstance(obj, (bytearray, memoryview)) or type(obj).__module__ == "array" or _is_c_data(obj):
             return memoryview(obj).tobytes()  # type: ignore[arg-type]
     except Exception:  # a released view, an exotic buffer: a marker both imports make alike
         return f"<{type(obj).__qualname__}>"
@@ -328,7 +343,7 @@ def _atom_of(obj: object) -> object:
 
 
 def _made_atoms(roots: list[object], existing: _Existing) -> tuple[int, int] | None:
-    """A digest of every str, bytes and int reachable from *roots* through objects the import made.
+    """A digest of the str, bytes, int, bool and None reachable from *roots* through objects the import made.
 
     :func:`_plain` compares the values modules hold in the shapes it knows;
     state read at import hides in others (a compiled pattern, a method's
@@ -336,6 +351,12 @@ def _made_atoms(roots: list[object], existing: _Existing) -> tuple[int, int] | N
     This walks the references themselves (``gc.get_referents``) and stops at objects
     that existed before the import (the same in both) and at modules,
     code and floats (mostly times). None past ``_WALK_LIMIT`` objects.
+
+    Not seen, so still learned: what the import changed *inside* an object
+    that existed before it (a registry dict of an earlier module,
+    ``os.environ``, an attribute of an earlier class, an earlier function's
+    cache), floats, bytes subclasses, ctypes pointers. ``preload`` and a
+    module imported by the caller's callable itself are not affected.
     """
     pid = os.getpid()
     atoms: list[object] = []
@@ -350,13 +371,16 @@ def _made_atoms(roots: list[object], existing: _Existing) -> tuple[int, int] | N
         if kind is int:
             atoms.append("<pid>" if obj == pid else obj)
             continue
-        if kind in (bool, float, complex, type(None), types.CodeType, types.ModuleType):
+        if kind is bool or obj is None:
+            atoms.append(obj)
+            continue
+        if kind in (float, complex, types.CodeType, types.ModuleType):
             continue
         if id(obj) in seen or id(obj) in existing.ids:
             continue
         seen.add(id(obj))
-        if any(base.__module__ == "_ctypes" for base in kind.__mro__):
-            continue  # C data (a loaded function, a structure): addresses, never the same in two imports
+        if _holds_an_address(kind):
+            continue  # a loaded C function, a pointer: never the same in two imports
         atom = _atom_of(obj)
         if atom is not None:  # a str or int subclass, a buffer: data no reference leads to
             atoms.append(atom)
@@ -618,7 +642,7 @@ class _Zygote:
                 self.learned.add(name)  # already here (a parent of an earlier one)
                 continue
             batch.append((name, origin))
-        self.to_learn.clear()  # past the cap: never learned, as a single module past it
+        self.to_learn.clear()  # at _MAX_LEARNED: the rest is dropped, as learn() drops a module past it
         if len(batch) <= 1:
             return self.learn(tuple(batch))
         if trial_import(tuple(batch)) is not None:
@@ -834,10 +858,12 @@ class _Zygote:
             # Modules of a refused batch are tried one at a time, between requests.
             if self.to_learn or (self.singly and not pending.poll(0)):
                 if self.to_learn:
-                    stale_spares = self.learn_reported() or stale_spares
+                    learned = self.learn_reported()
+                    stale_spares = stale_spares or learned
                 else:
+                    learned = False
                     stale_spares = self.learn((self.singly.popitem(last=False),)) or stale_spares
-                if stale_spares and not self.singly:
+                if stale_spares and (learned or not self.singly):  # a batch: now; one at a time: at the end
                     stale_spares = False
                     while self.spares:  # forked before: a fresh fork is cheaper than their import
                         self.spares.popleft().close()
