@@ -69,7 +69,10 @@ def cpu_split(paths: list[str], max_workers: int) -> dict[str, float]:
         for _ in pool.map(os.getpid, paths[1:]):
             pass
         wall = time.perf_counter() - start
-        time.sleep(0.5)  # the last stopped workers are reaped by the zygote
+        pool.kill_workers()  # the zygote reaps them: their CPU joins its cutime/cstime
+        while pool.workers(memory=False):
+            time.sleep(0.05)
+        time.sleep(0.5)
         zygote_after = _stat_times(zygote)
         caller_after = resource.getrusage(resource.RUSAGE_SELF)
     count = len(paths) - 1

@@ -132,7 +132,9 @@ def _inputs(fn: types.FunctionType, seen: set[int], root: object = None) -> list
     being rebound -- a list, a dict, an instance, a class sent by value, a
     function with attributes -- makes the function unnumberable.
     The function itself, met again (it calls itself), is ``_ROOT``: its
-    snapshot must not keep it alive.
+    snapshot must not keep it alive. Another function that goes by value is
+    held as its ``weakref.ref`` (one per live function: still compared by
+    identity, without keeping it alive).
     """
     if root is None:
         root = fn

@@ -744,7 +744,7 @@ class _Families:
         ]
         errs = CounterMetricFamily(
             "nsworkers_exporter_namespace_errors",
-            "Namespaces that failed, by namespace and error type, since the exporter started (while they exist).",
+            "Namespaces that failed, by namespace and error type; dropped when the namespace is gone.",
             labels=["netns", "error"],
         )
         for (label, kind), count in sorted(errors.items()):

@@ -401,6 +401,9 @@ def _guard_globalvars(detect: Any) -> None:
     each other recursed until RecursionError, and the call could not be
     sent. A function met again in the same walk adds nothing (its globals
     are already counted where it was first entered), so it is skipped.
+    Both wrappers are installed in ``dill.detect`` for the whole process, so
+    another dill user in the caller gets them too: the same names, found
+    without recursing for ever or swapping ``sys.stdout``.
     """
     original = detect.globalvars
     if getattr(original, "nsworkers_guard", False):

@@ -149,7 +149,10 @@ class Scheduler:
             return self._take_idle_locked(slot)
 
     def wait(self, ticket: Ticket, deadline: float | None) -> Worker | Reservation:
-        """Wait for *ticket* to be granted; WorkerTimeoutError at *deadline* (the ticket is then withdrawn)."""
+        """Wait for *ticket* to be granted; WorkerTimeoutError at *deadline*, Abandoned after :meth:`abandon`.
+
+        Either way the ticket is then withdrawn (what it was granted meanwhile is passed on).
+        """
         try:
             while True:
                 with self.lock:
