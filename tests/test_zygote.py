@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 
 import nsworkers
@@ -192,6 +193,43 @@ def test_every_module_a_first_call_imports_is_learned_before_the_next_request(
         assert pool.run(first, module.lazily) == [1, 1, 1]
         loaded = _modules_of_a_new_worker(pool, second)  # the very next request
     assert set(names) <= set(loaded)
+
+
+@pytest.mark.privileged
+def test_a_trial_import_dies_with_its_zygote(modules_dir: tuple[Path, str], make_netns: Callable[[], str]) -> None:
+    # Broke: the trial's throw-away child had no death signal. A zygote killed mid-trial (the
+    # pool's shutdown kills one that does not exit in time) left it importing, orphaned, for
+    # as long as the import took: for ever, for one that hangs.
+    directory, suffix = modules_dir
+    gate = directory / "gate"
+    name = f"nswt_hangs_{suffix}"
+    _write_module(
+        directory,
+        name,
+        f"""
+        import os, time
+        while os.getpid() != {os.getpid()} and not os.path.exists({str(gate)!r}):  # only outside the caller
+            time.sleep(0.01)
+
+        def where():
+            return os.getpid()
+        """,
+    )
+    module = importlib.import_module(name)
+    pool = nsworkers.Pool(spare_workers=0)
+    try:
+        future = pool.submit(f"/run/netns/{make_netns()}", module.where)  # the zygote tries the module first
+        assert wait_for(lambda: pool._spawner.zygote_pid is not None)  # type: ignore[attr-defined]
+        zygote = psutil.Process(pool._spawner.zygote_pid)  # type: ignore[attr-defined]
+        assert zygote.pid != os.getpid()
+        assert wait_for(lambda: bool(zygote.children()))
+        trials = zygote.children(recursive=True)  # the trial child, and its child in new namespaces
+        zygote.kill()
+        assert wait_for(lambda: not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in trials))
+    finally:
+        gate.touch()  # lets the call finish (a new zygote serves it), and a leftover if the test failed
+        pool.shutdown()
+    future.result(timeout=60)
 
 
 @pytest.mark.privileged

@@ -495,22 +495,29 @@ TRIAL_VERDICTS = {
 
 
 def trial_import(
-    chain: tuple[tuple[str, str], ...], timeout: float = _TRIAL_TIMEOUT, reload: bool = False
+    chain: tuple[tuple[str, str], ...], timeout: float = _TRIAL_TIMEOUT, reload: bool = False, hangup: int = -1
 ) -> str | None:
     """Import *chain*'s modules (or *reload* ``chain[-1]``) in a throw-away child; None if harmless, else why not.
 
     Harmless is what :func:`_trial` checks.
 
     SIGCHLD stays blocked throughout, so our handler cannot reap the child
-    before we read its verdict. A child still importing at *timeout* is killed.
+    before we read its verdict. A child still importing at *timeout* is killed,
+    and so is one whose *hangup* fd (the zygote's control socket) hangs up:
+    the caller shut the pool down, nobody waits for what the trial would learn.
+    The child dies with us (``PR_SET_PDEATHSIG``): a zygote killed mid-trial
+    leaves no import running.
     """
+    parent = os.getpid()
     old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
     try:
         pid = os.fork()
         if pid == 0:  # pragma: no cover - runs in the throw-away child
             code = 70
             try:
-                code = _trial(chain, reload)
+                _sys.prctl(_sys.PR_SET_PDEATHSIG, signal.SIGKILL)
+                if os.getppid() == parent:  # else the zygote died before the death signal was armed
+                    code = _trial(chain, reload)
             finally:
                 os._exit(code)
         deadline = time.monotonic() + timeout
@@ -533,7 +540,12 @@ def trial_import(
                 if pidfd >= 0:
                     poller = select.poll()
                     poller.register(pidfd, select.POLLIN)
-                    poller.poll(max(1, int(remaining * 1000)))
+                    if hangup >= 0:
+                        poller.register(hangup, 0)  # reports only a hang-up (or an error)
+                    if any(fd == hangup for fd, _ in poller.poll(max(1, int(remaining * 1000)))):
+                        os.kill(pid, signal.SIGKILL)
+                        status = os.waitpid(pid, 0)[1]
+                        return "the caller went away during the trial"
                 else:
                     time.sleep(0.001)
         finally:
@@ -609,7 +621,7 @@ class _Zygote:
             return False
         if len(self.learned) >= _MAX_LEARNED:
             return False
-        why = trial_import(chain)
+        why = trial_import(chain, hangup=self.ctl.fileno())
         if why is None:
             try:
                 importlib.import_module(name)
@@ -645,7 +657,7 @@ class _Zygote:
         self.to_learn.clear()  # at _MAX_LEARNED: the rest is dropped, as learn() drops a module past it
         if len(batch) <= 1:
             return self.learn(tuple(batch))
-        if trial_import(tuple(batch)) is not None:
+        if trial_import(tuple(batch), hangup=self.ctl.fileno()) is not None:
             self.singly.update(batch)
             return False
         try:
@@ -665,7 +677,7 @@ class _Zygote:
         themselves, as before it was learned.
         """
         name = chain[-1][0]
-        why = trial_import(chain, reload=True)
+        why = trial_import(chain, reload=True, hangup=self.ctl.fileno())
         if why is None:
             try:
                 importlib.reload(sys.modules[name])
