@@ -386,11 +386,19 @@ def _made_atoms(roots: list[object], existing: _Existing) -> tuple[int, int] | N
             atoms.append(atom)
         if len(seen) > _WALK_LIMIT:
             return None
-        stack += reversed(gc.get_referents(obj))
-    # As a multiset: a set of classes or functions is walked in the order of their addresses,
-    # which two imports need not share. (Hashes: the same seed in both, forks of one zygote.)
-    atoms.sort(key=lambda atom: (type(atom).__name__, atom))
-    return len(atoms), hash(tuple(atoms))
+        referents = gc.get_referents(obj)
+        if kind in (set, frozenset):  # iterated in hash order: by address for classes and functions
+            referents.sort(key=_stable_key)
+        stack += reversed(referents)
+    return len(atoms), hash(tuple(atoms))  # in walk order; the same hash seed in both: forks of one zygote
+
+
+def _stable_key(item: object) -> tuple[str, str]:
+    """An order for a set's items that two imports share (a class or function by its name, an atom by its value)."""
+    kind = type(item)
+    if kind in (str, bytes, int, bool, type(None)):
+        return (kind.__name__, repr(item))
+    return (kind.__qualname__, str(getattr(item, "__qualname__", getattr(item, "__name__", ""))))
 
 
 def _plain_values(module: object) -> object:
