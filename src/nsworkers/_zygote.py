@@ -535,26 +535,26 @@ def trial_import(
         except OSError:
             pidfd = -1
         try:
+            poller = select.poll()
+            if pidfd >= 0:
+                poller.register(pidfd, select.POLLIN)
+                if hangup >= 0:
+                    poller.register(hangup, 0)  # reports only a hang-up (or an error)
             while status is None:
                 done, wait_status = os.waitpid(pid, os.WNOHANG)
                 if done:
                     status = wait_status
                     break
                 remaining = deadline - time.monotonic()
-                if remaining <= 0:
+                gave_up = "its import did not finish in time" if remaining <= 0 else None
+                waited = [] if gave_up is not None or pidfd < 0 else poller.poll(max(1, int(remaining * 1000)))
+                if any(fd == hangup for fd, _ in waited):
+                    gave_up = "the caller went away during the trial"
+                if gave_up is not None:
                     os.kill(pid, signal.SIGKILL)
-                    status = os.waitpid(pid, 0)[1]
-                    return "its import did not finish in time"
-                if pidfd >= 0:
-                    poller = select.poll()
-                    poller.register(pidfd, select.POLLIN)
-                    if hangup >= 0:
-                        poller.register(hangup, 0)  # reports only a hang-up (or an error)
-                    if any(fd == hangup for fd, _ in poller.poll(max(1, int(remaining * 1000)))):
-                        os.kill(pid, signal.SIGKILL)
-                        status = os.waitpid(pid, 0)[1]
-                        return "the caller went away during the trial"
-                else:
+                    os.waitpid(pid, 0)
+                    return gave_up
+                if pidfd < 0:
                     time.sleep(0.001)
         finally:
             close_all(pidfd)
