@@ -369,7 +369,7 @@ def _made_atoms(roots: list[object], existing: _Existing) -> tuple[int, int] | N
             atoms.append(obj)
             continue
         if kind is int:
-            atoms.append("<pid>" if obj == pid else obj)
+            atoms.append(_int_atom(obj, pid))  # type: ignore[arg-type]  # kind is int
             continue
         if kind is bool or obj is None:
             atoms.append(obj)
@@ -391,6 +391,26 @@ def _made_atoms(roots: list[object], existing: _Existing) -> tuple[int, int] | N
             referents.sort(key=_stable_key)
         stack += reversed(referents)
     return len(atoms), hash(tuple(atoms))  # in walk order; the same hash seed in both: forks of one zygote
+
+
+#: An int this close to ``time.time_ns()`` is a time read at import, not namespace state: ten minutes.
+_NOW_NS = 600 * 10**9
+
+
+def _int_atom(value: int, pid: int) -> object:
+    """*value*, or a marker both imports share: for this process's pid, or for a time in nanoseconds.
+
+    Each import runs in its own process (every worker inherits the zygote's
+    pid, by design), and at its own moment: 3.13's ``logging`` keeps
+    ``_startTime = time.time_ns()``, which refused every module that imports
+    ``logging`` (dill, asyncio). A namespace's ids (inode numbers, ifindexes)
+    are nowhere near 1.8e18.
+    """
+    if value == pid:
+        return "<pid>"
+    if abs(value - time.time_ns()) < _NOW_NS:
+        return "<time>"
+    return value
 
 
 def _stable_key(item: object) -> tuple[str, str]:
@@ -421,11 +441,11 @@ def _plain(value: object, depth: int, inner: bool = False) -> object:
     module's own: in what those hold (*inner*), classes and functions go by
     name only, so that a walk through classes that name each other stays short.
     Floats by type only: one read at import is a time more often than not;
-    this process's pid as a marker.
+    this process's pid and a time in nanoseconds as markers (:func:`_int_atom`).
     """
     kind = type(value)
-    if kind is int and value == os.getpid():
-        return "<pid>"  # each import runs in its own process; every worker inherits the zygote's, by design
+    if kind is int:
+        return _int_atom(value, os.getpid())  # type: ignore[arg-type]  # kind is int
     if kind in _ATOMS:
         return value
     if kind in (float, complex):
