@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -270,3 +271,68 @@ def test_an_over_mounted_bind_mount_is_no_path(make_netns: Callable[[], str]) ->
     assert [f"/run/netns/{name}", False] not in paths and [f"/run/netns/{name}", True] not in paths
     assert all(leads for _, leads in paths), paths  # through /proc/PID/root of the host's mount namespace
     assert found()[ino].paths[0] == f"/run/netns/{name}"  # outside that mount namespace: there it is
+
+
+#: Runs as a helper: enters new namespaces (argv[1]: unshare flags), forks, and the child,
+#: alone in them, names itself as nsworkers names its workers (as a uid: argv[2], if any).
+_NAMED_LIKE_A_WORKER = """
+import ctypes, os, signal, sys
+libc = ctypes.CDLL(None, use_errno=True)
+if libc.unshare(int(sys.argv[1])) != 0:
+    raise OSError(ctypes.get_errno(), "unshare")
+child = os.fork()
+if child:
+    print(child, flush=True)
+    os._exit(0)
+if len(sys.argv) > 2:
+    os.setresuid(int(sys.argv[2]), int(sys.argv[2]), int(sys.argv[2]))
+libc.prctl(15, b"nsw-worker", 0, 0, 0)  # PR_SET_NAME
+signal.pause()
+"""
+_CLONE_NEWNET, _CLONE_NEWNS, _CLONE_NEWPID = 0x40000000, 0x00020000, 0x20000000
+
+
+def _maps_uid(uid: int) -> bool:
+    with open("/proc/self/uid_map") as uid_map:
+        return any(int(inner) <= uid < int(inner) + int(count) for inner, _, count in map(str.split, uid_map))
+
+
+@pytest.mark.parametrize(
+    ("flags", "uid"),
+    [
+        pytest.param(_CLONE_NEWNET | _CLONE_NEWPID, None, id="another pid namespace"),
+        pytest.param(_CLONE_NEWNET | _CLONE_NEWNS, None, id="another mount namespace"),
+        pytest.param(_CLONE_NEWNET, 65534, id="another uid"),
+    ],
+)
+def test_a_process_named_like_a_worker_does_not_hide_its_namespace(
+    flags: int, uid: int | None, spawn: Callable[..., subprocess.Popen[str]]
+) -> None:
+    # Broke: network_namespaces() left out a namespace whose only processes were *named*
+    # nsw-worker (a comm anyone sets), so a container, or a user after `unshare -rn`, could
+    # hide its network from inspect() and the exporter.
+    if uid is not None and not _maps_uid(uid):
+        pytest.skip(f"uid {uid} is not mapped in this user namespace")
+    helper = spawn(sys.executable, "-c", _NAMED_LIKE_A_WORKER, str(flags), *([str(uid)] if uid is not None else []))
+    assert helper.stdout is not None
+    pid = int(helper.stdout.readline())
+    try:
+        assert wait_for(lambda: _comm_of(pid) == "nsw-worker")
+        ino = inode(f"/proc/{pid}/ns/net")
+        listed = set()
+        for path in nsworkers.network_namespaces():
+            try:
+                listed.add(inode(path))
+            except OSError:
+                continue  # someone else's, gone meanwhile
+        assert ino in listed
+    finally:
+        os.kill(pid, signal.SIGKILL)
+
+
+def _comm_of(pid: int) -> str | None:
+    try:
+        with open(f"/proc/{pid}/comm") as comm:
+            return comm.read().strip()
+    except OSError:
+        return None

@@ -137,12 +137,40 @@ PROCESS_NAMES = frozenset({"nsw-worker", "nsw-spare", "nsw-zygote"})
 
 def held_only_by_nsworkers(ns: DiscoveredNamespace) -> bool:
     """True if nothing but nsworkers processes (and this process's fds) keeps *ns* alive: no bind mount,
-    no other process or thread in it, no other process holding it."""
+    no other process or thread in it, no other process holding it (:func:`is_nsworkers_process`)."""
     if "bindmount" in ns.sources or ns.tids:
         return False
     me = os.getpid()
     members = [pid for pid in [*ns.pids, *ns.holders] if pid != me]
-    return bool(members) and all((ns.commands.get(pid) or _comm(pid)) in PROCESS_NAMES for pid in members)
+    return bool(members) and all(is_nsworkers_process(pid, ns.commands.get(pid)) for pid in members)
+
+
+def is_nsworkers_process(pid: int, command: str | None = None) -> bool:
+    """True if *pid* is named as nsworkers names its processes, and is where one of ours would be.
+
+    The name (``/proc/PID/comm``, *command* if already read) is anyone's to
+    set: a container, or any user after ``unshare -rn``, that named itself
+    ``nsw-worker`` would hide its namespace from :func:`network_namespaces`
+    and the exporter. So it must also be in this process's pid namespace (a
+    worker never leaves the one it was forked in: ``setns`` moves only its
+    children) and mount namespace (one joined for inspection: a network
+    namespace) and have this process's effective uid. A worker that joined a
+    mount namespace, or a pool of another user, is then no nsworkers process
+    here: its namespace is listed, not hidden. What still passes is a process
+    of our uid in our pid and mount namespaces, which could do anything we do.
+    """
+    if (command or _comm(pid)) not in PROCESS_NAMES:
+        return False
+    try:
+        for kind in ("pid", "mnt"):
+            theirs, ours = os.stat(f"/proc/{pid}/ns/{kind}"), os.stat(f"/proc/self/ns/{kind}")
+            if (theirs.st_ino, theirs.st_dev) != (ours.st_ino, ours.st_dev):
+                return False
+        with open(f"/proc/{pid}/status") as status:
+            uids = next((line.split()[1:] for line in status if line.startswith("Uid:")), [])
+    except OSError:  # gone, or not ours to look at
+        return False
+    return len(uids) > 1 and uids[1] == str(os.geteuid())
 
 
 def _leads_to(path: str, ino: int, dev: int) -> bool:
