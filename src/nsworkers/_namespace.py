@@ -78,14 +78,14 @@ class NamespaceType(enum.Enum):
 
 
 _FLAGS = {
-    NamespaceType.CGROUP: 0x02000000,
-    NamespaceType.IPC: 0x08000000,
-    NamespaceType.MNT: 0x00020000,
-    NamespaceType.NET: 0x40000000,
-    NamespaceType.PID: 0x20000000,
-    NamespaceType.TIME: 0x00000080,
-    NamespaceType.USER: 0x10000000,
-    NamespaceType.UTS: 0x04000000,
+    NamespaceType.CGROUP: _sys.CLONE_NEWCGROUP,
+    NamespaceType.IPC: _sys.CLONE_NEWIPC,
+    NamespaceType.MNT: _sys.CLONE_NEWNS,
+    NamespaceType.NET: _sys.CLONE_NEWNET,
+    NamespaceType.PID: _sys.CLONE_NEWPID,
+    NamespaceType.TIME: _sys.CLONE_NEWTIME,
+    NamespaceType.USER: _sys.CLONE_NEWUSER,
+    NamespaceType.UTS: _sys.CLONE_NEWUTS,
 }
 
 #: Order in which several namespaces are joined: util-linux ``nsenter`` order.

@@ -72,7 +72,6 @@ _FATAL_ERRORS = (MemoryError, RecursionError)
 # (fd, CLONE_NEW* flag, type name, (dev, ino))
 TargetSpec = tuple[int, int, str, tuple[int, int]]
 
-_USER_FLAG = 0x10000000
 _MAX_TARGETS = 8  # one fd per namespace type
 _FOR_CHILDREN = {"pid": "pid_for_children", "time": "time_for_children"}
 
@@ -353,7 +352,7 @@ def _join(targets: list[TargetSpec]) -> tuple[int, str] | None:
         still = []
         for target in pending:
             fd, flag, name, _ = target
-            if attempt == 0 and flag == _USER_FLAG:
+            if attempt == 0 and flag == _sys.CLONE_NEWUSER:
                 still.append(target)
                 continue
             try:

@@ -18,7 +18,7 @@ import sys
 from collections.abc import Iterator
 
 from ._namespace import NETNS_RUN_DIRS, Namespace, NamespaceType, check_netns_name
-from ._sys import recv_fds
+from ._sys import CLONE_NEWNET, recv_fds
 from .errors import NamespaceExistsError, NamespaceNotFoundError, NamespacePermissionError, NsWorkersError
 
 __all__ = ("NETNS_RUN_DIR", "create", "delete", "list_named", "path_of", "temporary")
@@ -29,7 +29,6 @@ _MS_BIND = 0x1000
 _MS_REC = 0x4000
 _MS_SHARED = 1 << 20
 _MNT_DETACH = 2
-_CLONE_NEWNET = 0x40000000
 
 # Runs in the helper interpreter: unshare a new netns, then bind it to a path
 # or hand its fd back over a socket. Kept import-light: it starts per call.
@@ -41,7 +40,7 @@ def check(ret, what):
         err = ctypes.get_errno()
         sys.stderr.write(f"{err} {what}: {os.strerror(err)}\n")
         sys.exit(1)
-check(libc.unshare(0x40000000), "unshare(CLONE_NEWNET)")
+check(libc.unshare(CLONE_NEWNET), "unshare(CLONE_NEWNET)")
 mode, arg = sys.argv[1], sys.argv[2]
 if mode == "bind":
     check(libc.mount(b"/proc/self/ns/net", arg.encode(), b"none", 0x1000, None), "bind mount")
@@ -82,7 +81,7 @@ def _ensure_shared_run_dir() -> None:
 
 def _helper(mode: str, arg: str, pass_fds: tuple[int, ...] = ()) -> None:
     done = subprocess.run(
-        [sys.executable or "python3", "-I", "-c", _HELPER, mode, arg],
+        [sys.executable or "python3", "-I", "-c", f"CLONE_NEWNET = {CLONE_NEWNET}\n{_HELPER}", mode, arg],
         pass_fds=pass_fds,
         stdin=subprocess.DEVNULL,
         capture_output=True,
