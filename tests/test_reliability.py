@@ -7,6 +7,7 @@ calls); the default run uses shortened versions of every suite.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import signal
@@ -14,7 +15,7 @@ import socket
 import stat
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -391,3 +392,92 @@ def _gone(pid_: int) -> bool:
         return psutil.Process(pid_).status() == psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return True
+
+
+_FREEZER = "/sys/fs/cgroup/freezer"
+
+
+class _Freezer:
+    """Puts processes to uninterruptible sleep (a cgroup-v1 freezer of the test's own): SIGKILL waits for a thaw."""
+
+    def __init__(self, group: str) -> None:
+        self.group = group
+
+    def _state(self, value: str | None = None) -> str:
+        with open(f"{self.group}/freezer.state", "r+") as state:
+            if value is None:
+                return state.read().strip()
+            state.write(value)
+            return value
+
+    def freeze(self, pid: int) -> None:
+        with open(f"{self.group}/cgroup.procs", "w") as procs:
+            procs.write(str(pid))
+        self._state("FROZEN")
+        assert wait_for(lambda: self._state() == "FROZEN")
+
+    def thaw(self) -> None:
+        self._state("THAWED")
+
+
+@pytest.fixture
+def freezer() -> Iterator[_Freezer]:
+    """A :class:`_Freezer`; thawed after the test, its processes moved back out, its cgroup removed."""
+    if not os.access(_FREEZER, os.W_OK):
+        pytest.skip("no writable cgroup-v1 freezer here")
+    group = f"{_FREEZER}/{PREFIX}freeze"
+    os.mkdir(group)
+    try:
+        yield _Freezer(group)
+    finally:
+        _Freezer(group).thaw()
+        with open(f"{group}/cgroup.procs") as procs:
+            left = [int(line) for line in procs]
+        for pid in left:  # a test that failed before it ended them: back to where cgroups start
+            with contextlib.suppress(OSError), open(f"{_FREEZER}/cgroup.procs", "w") as root:
+                root.write(str(pid))
+        assert wait_for(lambda: not Path(f"{group}/cgroup.procs").read_text())
+        os.rmdir(group)
+
+
+def _returns(fn: Callable[[], Any]) -> tuple[bool, Any]:
+    """Run *fn* in a thread: (whether it returned within a generous minute, its result or exception)."""
+    box: list[Any] = []
+
+    def run() -> None:
+        try:
+            box.append(fn())
+        except BaseException as exc:
+            box.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(60)  # a guard against a hang, not a speed bound: the sleep below lasts until the test thaws it
+    return not thread.is_alive(), box[0] if box else None
+
+
+@pytest.mark.parametrize("start_method", ["zygote", "fork"])
+def test_a_worker_the_kill_cannot_end_yet_holds_up_neither_the_call_nor_the_pool(
+    start_method: str, make_netns: Callable[[], str], freezer: _Freezer
+) -> None:
+    # Broke: after the SIGKILL of a call past its timeout, a blocking waitpid() waited for the
+    # worker to exit; one in uninterruptible sleep (a frozen cgroup, a stuck disk) exits only
+    # when it wakes. start_method="fork": the call itself hung past its timeout, as long as the
+    # sleep lasted. "zygote": the call ended, but the zygote hung, so no worker could be started
+    # for any namespace ("the zygote did not answer in time").
+    first, second = (f"/run/netns/{make_netns()}" for _ in range(2))
+    with Pool(start_method=start_method) as pool:
+        worker = pool.run(first, os.getpid)
+        freezer.freeze(worker)
+        returned, outcome = _returns(lambda: pool.options(timeout=1).run(first, os.getpid))
+        assert returned, "the call hung past its timeout"
+        assert isinstance(outcome, nsworkers.WorkerTimeoutError), outcome
+        returned, outcome = _returns(lambda: pool.options(timeout=60).run(second, os.getpid))
+        assert returned and isinstance(outcome, int) and outcome != worker, outcome
+        assert not dead(worker)  # all that while, the first one still slept
+        freezer.thaw()
+        if start_method == "zygote":  # its SIGCHLD handler reaps it when it wakes
+            assert wait_for(lambda: not psutil.pid_exists(worker))
+        else:  # our own zombie now, reaped by the pool at the latest when it closes
+            assert wait_for(lambda: dead(worker))
+    assert not psutil.pid_exists(worker)

@@ -145,7 +145,7 @@ class ReapRequest(NamedTuple):
 
 
 class Reaped(NamedTuple):
-    """Zygote -> caller: how worker *pid* ended (``status`` is a wait status, or None if unknown)."""
+    """Zygote -> caller: how worker *pid* ended (``status``: a wait status, None if unknown, RUNNING if not yet)."""
 
     request_id: int
     pid: int

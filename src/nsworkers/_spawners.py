@@ -44,7 +44,7 @@ from ._messages import (
 )
 from ._sys import Gate, recv_fds
 from ._target import Spec
-from ._zygote import close_all, reap_child
+from ._zygote import KILL_GRACE, RUNNING, close_all, reap_child, wait_a_little
 from .errors import PoolClosedError, WorkerStartError, WorkerTimeoutError
 
 _ZYGOTE_START_TIMEOUT = 30.0  # a zygote not ready by then is not coming (a fresh interpreter takes ~50 ms)
@@ -80,6 +80,8 @@ def describe_status(status: int | None, killed: bool) -> str:
     """Human text for a ``waitpid`` status."""
     if status is None:
         return "exit status unknown"
+    if status == RUNNING:
+        return f"killed by nsworkers; not exited {KILL_GRACE} s later (uninterruptible sleep?), reaped when it does"
     if os.WIFSIGNALED(status):
         sig = os.WTERMSIG(status)
         try:
@@ -560,9 +562,20 @@ class ForkSpawner:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._pids: set[int] = set()
+        self._unreaped: set[int] = set()  # killed, not exited yet (uninterruptible sleep): reaped later
 
     def pids(self) -> list[int]:
         return list(self._pids)
+
+    def _reap_the_unreaped(self, grace: float = 0) -> None:
+        """``waitpid`` once more each child killed earlier that had not exited then (a zombie's pid is not reused)."""
+        with self._lock:
+            pending = list(self._unreaped)
+        deadline = time.monotonic() + grace
+        for pid in pending:
+            if wait_a_little(pid, max(0.0, deadline - time.monotonic())) != RUNNING:
+                with self._lock:
+                    self._unreaped.discard(pid)
 
     def spawn(self, specs: list[Spec], deadline: float | None, fn: object = None) -> NewWorker:
         from . import _worker
@@ -589,6 +602,7 @@ class ForkSpawner:
             pidfd = -1
         with self._lock:
             self._pids.add(pid)
+        self._reap_the_unreaped()
         return NewWorker(pid, ours[0], ours[1], pidfd)
 
     def reap(self, pid: int, kill: bool = False) -> tuple[int | None, bool]:
@@ -596,10 +610,14 @@ class ForkSpawner:
             if pid not in self._pids:
                 return None, False
             self._pids.discard(pid)
-        return reap_child(pid, kill)
+        status, killed = reap_child(pid, kill)  # not for long: the calling thread may be past its timeout
+        if status == RUNNING:
+            with self._lock:
+                self._unreaped.add(pid)
+        return status, killed
 
     def kill(self, pid: int) -> None:
-        self.reap(pid, kill=True)  # our child: SIGKILL, then a waitpid that returns at once
+        self.reap(pid, kill=True)  # our child: SIGKILL, then a waitpid that returns at once, or soon
 
     def forget(self, pid: int) -> None:
         # Our own child: it must still be waited for, or it stays a zombie.
@@ -608,7 +626,9 @@ class ForkSpawner:
     def close(self) -> None:
         for pid in self.pids():
             self.reap(pid)
+        self._reap_the_unreaped(KILL_GRACE)  # one still asleep stays our zombie until it wakes and we exit
 
     def close_in_child(self) -> None:
         self._lock = threading.Lock()
         self._pids = set()
+        self._unreaped = set()

@@ -61,7 +61,8 @@ from ._messages import (
 from ._sys import recv_fds
 
 _MAX_STATUSES = 4096
-_EXIT_GRACE = 1.0  # seconds a worker that closed its channel (or was killed) gets to finish exiting
+_EXIT_GRACE = 1.0  # seconds a worker that closed its channel gets to finish exiting
+KILL_GRACE = 0.2  # seconds a waiter gives a SIGKILLed child to exit (one in uninterruptible sleep cannot yet)
 _MAX_PASSED_FDS = 16
 _MAX_LEARNED = 256  # modules the zygote imports for callables (after a trial each), beyond its preload
 _MAX_REFUSED = 1024  # modules remembered as not to be imported here (never tried again)
@@ -92,23 +93,40 @@ def kill_group(pid: int) -> None:
 
 
 def reap_child(pid: int, kill: bool = False) -> tuple[int | None, bool]:
-    """Wait for our child *pid*; SIGKILL it at once (*kill*) or if still alive after a short grace."""
-    deadline = time.monotonic() + (0 if kill else _EXIT_GRACE)
+    """Wait for our child *pid*; SIGKILL it at once (*kill*) or if still alive after a short grace.
+
+    ``(wait status, killed)``; the status is None if *pid* was not ours to
+    wait for. Never waits long: a child the kill cannot end yet (in
+    uninterruptible sleep: a frozen cgroup, a stuck disk) would hold the
+    waiting thread, a caller past its timeout or the zygote that every
+    spawn needs, for as long as it sleeps. Its status is RUNNING then, and
+    whoever forked it reaps it later (:func:`wait_a_little`, the zygote's
+    SIGCHLD handler).
+    """
+    status = wait_a_little(pid, 0 if kill else _EXIT_GRACE)
+    if status != RUNNING:
+        return status, False
+    kill_group(pid)
+    return wait_a_little(pid, KILL_GRACE), True
+
+
+#: What :func:`wait_a_little` returns for a child still running at the end of its wait (no wait status is < 0).
+RUNNING = -1
+
+
+def wait_a_little(pid: int, grace: float) -> int | None:
+    """Our child *pid*'s wait status once it exits within *grace* seconds; RUNNING if not; None if not ours."""
+    deadline = time.monotonic() + grace
     while True:
         try:
             done, status = os.waitpid(pid, os.WNOHANG)
         except ChildProcessError:
-            return None, False
+            return None
         if done:
-            return status, False
+            return status
         if time.monotonic() >= deadline:
-            break
+            return RUNNING
         time.sleep(0.001)
-    kill_group(pid)
-    try:
-        return os.waitpid(pid, 0)[1], True
-    except ChildProcessError:
-        return None, True
 
 
 def fork_with_pidfd() -> tuple[int, int]:
@@ -572,7 +590,7 @@ def trial_import(
                     gave_up = "the caller went away during the trial"
                 if gave_up is not None:
                     os.kill(pid, signal.SIGKILL)
-                    os.waitpid(pid, 0)
+                    wait_a_little(pid, KILL_GRACE)  # else our SIGCHLD handler reaps it when it wakes
                     return gave_up
                 if pidfd < 0:
                     time.sleep(0.001)
@@ -864,11 +882,9 @@ class _Zygote:
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         for pid in list(self.live):
             kill_group(pid)
+        deadline = time.monotonic() + KILL_GRACE  # one in uninterruptible sleep is left to init: we exit
         for pid in list(self.live):
-            try:
-                os.waitpid(pid, 0)
-            except ChildProcessError:
-                pass
+            wait_a_little(pid, max(0.0, deadline - time.monotonic()))
 
     def reply(self, message: Spawned | Reaped | RequestFailed, fds: list[int] | None = None) -> None:
         socket.send_fds(self.ctl, [pickle.dumps(message)], fds or [])
