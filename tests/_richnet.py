@@ -4,7 +4,7 @@ Every link kind this kernel has (veth incl. one whose peer lives in a second
 namespace, bridge with a vxlan port, macvlan in every mode incl. one moved
 away, macvtap, ifb, tun/tap), altnames, an alias, a link group, a qdisc,
 dormant mode; addresses of every flag and lifetime; routes of every type in
-several tables, multipath, nexthop objects, seg6 and ip encapsulation,
+several tables, multipath, nexthop objects, seg6, seg6local and ip encapsulation,
 realms, source routes, an IPv4 route via an IPv6 gateway, expiring routes,
 metrics; neighbours in every NUD state and proxy entries; rules of every
 selector and action; nexthop groups.
@@ -111,6 +111,14 @@ route add 10.32.0.0/24 via 10.1.0.254 quickack 1 congctl lock cubic features ecn
 route add 10.28.0.0/24 encap ip id 100 dst 10.1.0.9 ttl 10 tos 2 dev up0
 -6 route add fd30::/64 encap seg6 mode encap segs fd01::a,fd01::b dev up0
 -6 route add fd31::/64 encap seg6 mode inline segs fd01::c dev up0
+-6 route add fd4c::/64 encap seg6local action End dev up0
+-6 route add fd4c:1::/64 encap seg6local action End.X nh6 fd01::d dev up0
+-6 route add fd4c:2::/64 encap seg6local action End.T table 100 dev up0
+-6 route add fd4c:3::/64 encap seg6local action End.DX4 nh4 10.1.0.9 dev up0
+-6 route add fd4c:4::/64 encap seg6local action End.DX2 oif up1 dev up0
+-6 route add fd4c:5::/64 encap seg6local action End.B6.Encaps srh segs fd01::e,fd01::f dev up0
+-6 route add fd4c:6::/64 encap seg6local action End count dev up0
+-6 route add fd4c:7::/64 encap seg6local action End flavors next-csid lblen 32 nflen 16 dev up0
 -6 route add fd32::/64 via fd01::fe pref high
 route add 10.29.0.0/24 via 10.1.0.254 dev br0 onlink
 route add 10.30.0.0/24 dev ifb0 scope link src 10.2.0.1 table 300

@@ -4,7 +4,7 @@ The topology (``tests/_richnet.py``) uses every link kind this kernel has (veth,
 vxlan port, macvlan in every mode incl. one moved to another namespace,
 macvtap, ifb, tun/tap), altnames, an alias, a link group, a qdisc, dormant
 mode; addresses of every flag and lifetime; routes of every type in several
-tables, multipath, nexthop objects, seg6 and ip encapsulation, realms, source
+tables, multipath, nexthop objects, seg6, seg6local and ip encapsulation, realms, source
 routes, an IPv4 route via an IPv6 gateway, expiring routes, metrics;
 neighbours in every NUD state, proxy entries; rules of every selector and
 action; nexthop groups. Nothing expected is written here: each record is

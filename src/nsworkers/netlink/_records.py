@@ -95,7 +95,7 @@ RT_FLAG_NAMES = (
 LWTUNNEL_ENCAP_TYPES = {
     1: "mpls", 2: "ip", 3: "ila", 4: "ip6", 5: "seg6", 6: "bpf", 7: "seg6local", 8: "rpl", 9: "ioam6", 10: "xfrm",
 }  # fmt: skip
-LWTUNNEL_ENCAP_IP, LWTUNNEL_ENCAP_IP6, LWTUNNEL_ENCAP_SEG6 = 2, 4, 5
+LWTUNNEL_ENCAP_IP, LWTUNNEL_ENCAP_IP6, LWTUNNEL_ENCAP_SEG6, LWTUNNEL_ENCAP_SEG6_LOCAL = 2, 4, 5, 7
 LWTUNNEL_IP_ID, LWTUNNEL_IP_DST, LWTUNNEL_IP_SRC, LWTUNNEL_IP_TTL, LWTUNNEL_IP_TOS, LWTUNNEL_IP_FLAGS = 1, 2, 3, 4, 5, 6
 LWTUNNEL_IP6_ID, LWTUNNEL_IP6_DST, LWTUNNEL_IP6_SRC, LWTUNNEL_IP6_HOPLIMIT, LWTUNNEL_IP6_TC = 1, 2, 3, 4, 5
 LWTUNNEL_IP6_FLAGS = 6
@@ -107,6 +107,19 @@ SEG6_IPTUNNEL_SRH = 1
 # ip/iproute_lwtunnel.c seg6_mode_types[]
 SEG6_MODES = ("inline", "encap", "l2encap", "encap.red", "l2encap.red")
 SR6_FLAG1_HMAC = 1 << 3
+# include/uapi/linux/seg6_local.h
+SEG6_LOCAL_ACTION, SEG6_LOCAL_SRH, SEG6_LOCAL_TABLE, SEG6_LOCAL_NH4, SEG6_LOCAL_NH6 = 1, 2, 3, 4, 5
+SEG6_LOCAL_IIF, SEG6_LOCAL_OIF, SEG6_LOCAL_BPF, SEG6_LOCAL_VRFTABLE, SEG6_LOCAL_COUNTERS = 6, 7, 8, 9, 10
+SEG6_LOCAL_FLAVORS = 11
+SEG6_LOCAL_CNT_PACKETS, SEG6_LOCAL_CNT_BYTES, SEG6_LOCAL_CNT_ERRORS = 2, 3, 4
+SEG6_LOCAL_FLV_OPERATION, SEG6_LOCAL_FLV_LCBLOCK_BITS, SEG6_LOCAL_FLV_LCNODE_FN_BITS = 1, 2, 3
+LWT_BPF_PROG_NAME = 2
+# ip/iproute_lwtunnel.c seg6_action_names[], seg6_flavor_names[] (iproute2 6.1)
+SEG6_ACTIONS = (
+    None, "End", "End.X", "End.T", "End.DX2", "End.DX6", "End.DX4", "End.DT6", "End.DT4", "End.B6",
+    "End.B6.Encaps", "End.BM", "End.S", "End.AS", "End.AM", "End.BPF", "End.DT46",
+)  # fmt: skip
+SEG6_FLAVORS = (None, "psp", "usp", "usd", "next-csid")
 
 # include/uapi/linux/neighbour.h
 NDA_DST, NDA_LLADDR, NDA_CACHEINFO, NDA_PROBES, NDA_PROTOCOL, NDA_FLAGS_EXT = 1, 2, 3, 4, 12, 15
@@ -463,7 +476,9 @@ def _via(raw: bytes) -> Record:
     return {"family": n.FAMILIES.get(family, "???"), "host": w.ip(raw[2:])}
 
 
-def encap(rec: Record, encap_type: bytes | None, raw: bytes | None) -> None:
+def encap(
+    rec: Record, encap_type: bytes | None, raw: bytes | None, links: LinkTable, names: n.Names, stats: int = 0
+) -> None:
     """``lwt_print_encap``: ``encap`` and the keys of its type, written into *rec*."""
     if encap_type is None:
         return
@@ -502,12 +517,67 @@ def encap(rec: Record, encap_type: bytes | None, raw: bytes | None) -> None:
             return
         mode = w.s32(srh)
         rec["mode"] = SEG6_MODES[mode] if 0 <= mode < len(SEG6_MODES) else "<unknown>"
-        header = srh[4:]
-        hdrlen, first_segment, flags = header[1], header[4], header[5]
-        rec["segs"] = [w.ip(header[8 + 16 * i : 24 + 16 * i]) for i in range(first_segment, -1, -1)]
-        if flags & SR6_FLAG1_HMAC:
-            offset = ((hdrlen + 1) << 3) - 40  # struct sr6_tlv_hmac, its key id after 4 bytes
-            rec["hmac"] = hex0x(w.be32(header[offset + 4 : offset + 8]))
+        _srh(rec, srh[4:])
+    elif kind == LWTUNNEL_ENCAP_SEG6_LOCAL:
+        _seg6local(rec, a, links, names, stats)
+
+
+def _srh(rec: Record, header: bytes) -> None:
+    """``print_srh``: the segments of an IPv6 segment routing header, last first, and its HMAC key id."""
+    hdrlen, first_segment, flags = header[1], header[4], header[5]
+    rec["segs"] = [w.ip(header[8 + 16 * i : 24 + 16 * i]) for i in range(first_segment, -1, -1)]
+    if flags & SR6_FLAG1_HMAC:
+        offset = ((hdrlen + 1) << 3) - 40  # struct sr6_tlv_hmac, its key id after 4 bytes
+        rec["hmac"] = hex0x(w.be32(header[offset + 4 : offset + 8]))
+
+
+def _seg6local(rec: Record, a: dict[int, bytes], links: LinkTable, names: n.Names, stats: int) -> None:
+    """``print_encap_seg6local``: an SRv6 endpoint's action and what it takes."""
+    if SEG6_LOCAL_ACTION not in a:
+        return
+    action = w.s32(a[SEG6_LOCAL_ACTION])
+    if action < 0 or action >= len(SEG6_ACTIONS):
+        rec["action"] = "<invalid>"
+    else:
+        rec["action"] = SEG6_ACTIONS[action] or "<unknown>"
+    if SEG6_LOCAL_SRH in a:
+        srh: Record = {}
+        _srh(srh, a[SEG6_LOCAL_SRH])
+        rec["srh"] = srh
+    if SEG6_LOCAL_TABLE in a:
+        rec["table"] = names.table(w.u32(a[SEG6_LOCAL_TABLE]))
+    if SEG6_LOCAL_VRFTABLE in a:
+        rec["vrftable"] = names.table(w.u32(a[SEG6_LOCAL_VRFTABLE]))
+    if SEG6_LOCAL_NH4 in a:
+        rec["nh4"] = w.ip(a[SEG6_LOCAL_NH4][:4])
+    if SEG6_LOCAL_NH6 in a:
+        rec["nh6"] = w.ip(a[SEG6_LOCAL_NH6][:16])
+    if SEG6_LOCAL_IIF in a:
+        rec["iif"] = links.name(w.u32(a[SEG6_LOCAL_IIF]))
+    if SEG6_LOCAL_OIF in a:
+        rec["oif"] = links.name(w.u32(a[SEG6_LOCAL_OIF]))
+    if SEG6_LOCAL_BPF in a:
+        prog = w.attrs(a[SEG6_LOCAL_BPF])
+        rec["endpoint"] = w.cstr(prog[LWT_BPF_PROG_NAME]) if LWT_BPF_PROG_NAME in prog else "<unknown>"
+    if SEG6_LOCAL_COUNTERS in a and stats:
+        counters = w.attrs(a[SEG6_LOCAL_COUNTERS])
+        rec["stats64"] = {
+            key: w.u64(counters[attr]) if attr in counters else 0
+            for key, attr in (
+                ("packets", SEG6_LOCAL_CNT_PACKETS),
+                ("bytes", SEG6_LOCAL_CNT_BYTES),
+                ("errors", SEG6_LOCAL_CNT_ERRORS),
+            )
+        }
+    if SEG6_LOCAL_FLAVORS in a:
+        flavors = w.attrs(a[SEG6_LOCAL_FLAVORS])
+        if SEG6_LOCAL_FLV_OPERATION in flavors:
+            bits = w.u32(flavors[SEG6_LOCAL_FLV_OPERATION])
+            rec["flavors"] = [name for i, name in enumerate(SEG6_FLAVORS) if name and bits & (1 << i)]
+        if SEG6_LOCAL_FLV_LCBLOCK_BITS in flavors:
+            rec["lblen"] = flavors[SEG6_LOCAL_FLV_LCBLOCK_BITS][0]
+        if SEG6_LOCAL_FLV_LCNODE_FN_BITS in flavors:
+            rec["nflen"] = flavors[SEG6_LOCAL_FLV_LCNODE_FN_BITS][0]
 
 
 def _tunnel_flags(rec: Record, raw: bytes | None) -> None:
@@ -576,7 +646,7 @@ def route(
     if RTA_NEWDST in a:
         rec["to"] = w.ip(a[RTA_NEWDST])
     if RTA_ENCAP in a:
-        encap(rec, a.get(RTA_ENCAP_TYPE), a[RTA_ENCAP])
+        encap(rec, a.get(RTA_ENCAP_TYPE), a[RTA_ENCAP], links, names, stats)
     if tos:
         rec["tos"] = names.dsfield(tos)
     if RTA_GATEWAY in a:
@@ -621,7 +691,7 @@ def route(
         if info is not None:
             rec["nh_info"] = info
     if RTA_MULTIPATH in a:
-        rec["nexthops"] = _multipath(a[RTA_MULTIPATH], family, links, names)
+        rec["nexthops"] = _multipath(a[RTA_MULTIPATH], family, links, names, stats)
     return rec
 
 
@@ -646,7 +716,7 @@ def _route_cacheinfo(rec: Record, raw: bytes, stats: int) -> None:
         rec["tsage"] = tsage
 
 
-def _multipath(raw: bytes, family: int, links: LinkTable, names: n.Names) -> list[Record]:
+def _multipath(raw: bytes, family: int, links: LinkTable, names: n.Names, stats: int) -> list[Record]:
     """``print_rta_multipath``."""
     hops = []
     offset = 0
@@ -658,7 +728,7 @@ def _multipath(raw: bytes, family: int, links: LinkTable, names: n.Names) -> lis
         if length > RTNEXTHOP.size:
             a = w.attrs(raw[offset + RTNEXTHOP.size : offset + length])
             if RTA_ENCAP in a:
-                encap(hop, a.get(RTA_ENCAP_TYPE), a[RTA_ENCAP])
+                encap(hop, a.get(RTA_ENCAP_TYPE), a[RTA_ENCAP], links, names, stats)
             if RTA_NEWDST in a:
                 hop["to"] = w.ip(a[RTA_NEWDST])
             if RTA_GATEWAY in a:
@@ -863,7 +933,7 @@ def nexthop(payload: bytes, links: LinkTable, names: n.Names, *, details: int = 
             ),
         }
     if NHA_ENCAP in a:
-        encap(rec, a.get(NHA_ENCAP_TYPE), a[NHA_ENCAP])
+        encap(rec, a.get(NHA_ENCAP_TYPE), a[NHA_ENCAP], links, names)
     if NHA_GATEWAY in a:
         rec["gateway"] = w.ip(a[NHA_GATEWAY])
     if NHA_OIF in a:
