@@ -273,21 +273,26 @@ def test_an_over_mounted_bind_mount_is_no_path(make_netns: Callable[[], str]) ->
     assert found()[ino].paths[0] == f"/run/netns/{name}"  # outside that mount namespace: there it is
 
 
-#: Runs as a helper: enters new namespaces (argv[1]: unshare flags), forks, and the child,
-#: alone in them, names itself as nsworkers names its workers (as a uid: argv[2], if any).
+#: Runs as a helper: enters new namespaces (argv[1]: unshare flags) and forks a child that, alone in
+#: the new network namespace (its parent goes back to the old one, and waits for it), names itself as
+#: nsworkers names its workers (as a uid: argv[2], if any).
 _NAMED_LIKE_A_WORKER = """
 import ctypes, os, signal, sys
 libc = ctypes.CDLL(None, use_errno=True)
+old_net = os.open("/proc/self/ns/net", os.O_RDONLY)
 if libc.unshare(int(sys.argv[1])) != 0:
     raise OSError(ctypes.get_errno(), "unshare")
 child = os.fork()
-if child:
-    print(child, flush=True)
+if child == 0:
+    if len(sys.argv) > 2:
+        os.setresuid(int(sys.argv[2]), int(sys.argv[2]), int(sys.argv[2]))
+    libc.prctl(15, b"nsw-worker", 0, 0, 0)  # PR_SET_NAME
+    signal.pause()
     os._exit(0)
-if len(sys.argv) > 2:
-    os.setresuid(int(sys.argv[2]), int(sys.argv[2]), int(sys.argv[2]))
-libc.prctl(15, b"nsw-worker", 0, 0, 0)  # PR_SET_NAME
-signal.pause()
+if libc.setns(old_net, 0x40000000) != 0:
+    raise OSError(ctypes.get_errno(), "setns")
+print(child, flush=True)
+os.waitpid(child, 0)
 """
 _CLONE_NEWNET, _CLONE_NEWNS, _CLONE_NEWPID = 0x40000000, 0x00020000, 0x20000000
 
