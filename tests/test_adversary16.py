@@ -375,6 +375,30 @@ builtins.nswt_hidden_net = os.readlink("/proc/self/ns/net")  # on a module that 
 def where():
     return builtins.nswt_hidden_net
 """,
+    "in os.environ": """
+import os
+os.environ["NSWT_HIDDEN_NET"] = os.readlink("/proc/self/ns/net")  # into an object that was there before
+def where():
+    return os.environ["NSWT_HIDDEN_NET"]
+""",
+    "in an earlier registry": """
+import copyreg, os
+copyreg._extension_cache["nswt_hidden_net"] = os.readlink("/proc/self/ns/net")  # a dict that was there before
+def where():
+    return copyreg._extension_cache["nswt_hidden_net"]
+""",
+    "in an earlier class": """
+import os, socket
+socket.socket.nswt_hidden_net = os.readlink("/proc/self/ns/net")  # a class that was there before
+def where():
+    return socket.socket.nswt_hidden_net
+""",
+    "in an earlier list": """
+import os, sys
+sys.warnoptions.append(os.readlink("/proc/self/ns/net"))  # a list that was there before
+def where():
+    return sys.warnoptions[-1]
+""",
     "buffer and str subclass": """
 import os
 class Name(str):
