@@ -15,7 +15,7 @@ import psutil
 import pytest
 
 import nsworkers
-from nsworkers import Namespace, NamespaceType
+from nsworkers import Namespace, NamespaceType, _sys
 
 from .conftest import ip, wait_for
 
@@ -275,7 +275,7 @@ def test_an_over_mounted_bind_mount_is_no_path(make_netns: Callable[[], str]) ->
 
 #: Runs as a helper: enters new namespaces (argv[1]: unshare flags) and forks a child that, alone in
 #: the new network namespace (its parent goes back to the old one, and waits for it), names itself as
-#: nsworkers names its workers (as a uid: argv[2], if any).
+#: nsworkers names its workers (as a uid: argv[4], if any). argv[2], argv[3]: PR_SET_NAME, CLONE_NEWNET.
 _NAMED_LIKE_A_WORKER = """
 import ctypes, os, signal, sys
 libc = ctypes.CDLL(None, use_errno=True)
@@ -284,17 +284,16 @@ if libc.unshare(int(sys.argv[1])) != 0:
     raise OSError(ctypes.get_errno(), "unshare")
 child = os.fork()
 if child == 0:
-    if len(sys.argv) > 2:
-        os.setresuid(int(sys.argv[2]), int(sys.argv[2]), int(sys.argv[2]))
-    libc.prctl(15, b"nsw-worker", 0, 0, 0)  # PR_SET_NAME
+    if len(sys.argv) > 4:
+        os.setresuid(int(sys.argv[4]), int(sys.argv[4]), int(sys.argv[4]))
+    libc.prctl(int(sys.argv[2]), b"nsw-worker", 0, 0, 0)
     signal.pause()
     os._exit(0)
-if libc.setns(old_net, 0x40000000) != 0:
+if libc.setns(old_net, int(sys.argv[3])) != 0:
     raise OSError(ctypes.get_errno(), "setns")
 print(child, flush=True)
 os.waitpid(child, 0)
 """
-_CLONE_NEWNET, _CLONE_NEWNS, _CLONE_NEWPID = 0x40000000, 0x00020000, 0x20000000
 
 
 def _maps_uid(uid: int) -> bool:
@@ -305,9 +304,9 @@ def _maps_uid(uid: int) -> bool:
 @pytest.mark.parametrize(
     ("flags", "uid"),
     [
-        pytest.param(_CLONE_NEWNET | _CLONE_NEWPID, None, id="another pid namespace"),
-        pytest.param(_CLONE_NEWNET | _CLONE_NEWNS, None, id="another mount namespace"),
-        pytest.param(_CLONE_NEWNET, 65534, id="another uid"),
+        pytest.param(_sys.CLONE_NEWNET | _sys.CLONE_NEWPID, None, id="another pid namespace"),
+        pytest.param(_sys.CLONE_NEWNET | _sys.CLONE_NEWNS, None, id="another mount namespace"),
+        pytest.param(_sys.CLONE_NEWNET, 65534, id="another uid"),
     ],
 )
 def test_a_process_named_like_a_worker_does_not_hide_its_namespace(
@@ -318,7 +317,8 @@ def test_a_process_named_like_a_worker_does_not_hide_its_namespace(
     # hide its network from inspect() and the exporter.
     if uid is not None and not _maps_uid(uid):
         pytest.skip(f"uid {uid} is not mapped in this user namespace")
-    helper = spawn(sys.executable, "-c", _NAMED_LIKE_A_WORKER, str(flags), *([str(uid)] if uid is not None else []))
+    names = (str(flags), str(_sys.PR_SET_NAME), str(_sys.CLONE_NEWNET), *([str(uid)] if uid is not None else []))
+    helper = spawn(sys.executable, "-c", _NAMED_LIKE_A_WORKER, *names)
     assert helper.stdout is not None
     pid = int(helper.stdout.readline())
     try:
