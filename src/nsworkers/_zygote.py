@@ -186,8 +186,8 @@ def _trial(chain: tuple[tuple[str, str], ...], reload: bool = False) -> int:
     fds = sorted(os.listdir("/proc/self/fd"))
     handlers = [_signal.getsignal(signum) for signum in _worker._CATCHABLE]
     names = tuple(name for name, _ in chain)
-    before, existing = set(sys.modules), _Existing()  # the same in both imports: taken before the fork
-    elsewhere = _import_elsewhere(names, reload, before, existing)  # at the same time as ours
+    elsewhere = _import_elsewhere(names, reload)  # at the same time as ours
+    before, existing = set(sys.modules), _Existing()
     try:
         _import(names, reload)
     except BaseException:
@@ -230,7 +230,7 @@ def _import(names: tuple[str, ...], reload: bool) -> None:
         importlib.import_module(name)
 
 
-def _import_elsewhere(names: tuple[str, ...], reload: bool, before: set[str], existing: _Existing) -> tuple[int, int]:
+def _import_elsewhere(names: tuple[str, ...], reload: bool) -> tuple[int, int]:
     """Start importing *names* in new namespaces, in a child; its pid and the pipe it answers on (:func:`_values_of`).
 
     Before the zygote learned a module, a worker imported it after joining
@@ -248,9 +248,9 @@ def _import_elsewhere(names: tuple[str, ...], reload: bool, before: set[str], ex
         try:
             os.close(rfd)
             _sys.prctl(_sys.PR_SET_PDEATHSIG, signal.SIGKILL)  # the trial is killed at its timeout: so are we
-            existing.after_fork()
             _sys.unshare(_IMPORT_NAMESPACES)
             _sys.set_host_names(_TRIAL_HOST_NAME)  # a new UTS namespace starts with the caller's names
+            before, existing = set(sys.modules), _Existing()
             _import(names, reload)
             data = pickle.dumps(_values(names, before, existing, reload))
             with os.fdopen(wfd, "wb") as out:
@@ -277,8 +277,7 @@ def _values(names: tuple[str, ...], before: set[str], existing: _Existing, reloa
     """What an import of *names* made, comparable between two imports; ``_TOO_BIG`` past what a trial compares.
 
     The plain values of the modules it added to ``sys.modules`` (and of the
-    last on a reload), :func:`_made_atoms` of them and of what it put into
-    earlier objects, and the atoms earlier objects hold now.
+    last on a reload), and :func:`_made_atoms` of them.
     """
     added = sorted(set(sys.modules) - before)
     if reload:
@@ -288,11 +287,10 @@ def _values(names: tuple[str, ...], before: set[str], existing: _Existing, reloa
     # and what it set on modules that were there before (builtins.NET = ..., other.CONFIG = ...)
     roots = [value for module in modules for value in getattr(module, "__dict__", {}).values()]
     roots += existing.changed_module_attributes()
-    held, new = existing.what_they_hold()
-    atoms = _made_atoms(roots + new, existing)
+    atoms = _made_atoms(roots, existing)
     if atoms is None:
         return _TOO_BIG
-    return [*((mod, _plain_values(module)) for mod, module in zip(added, modules, strict=True)), atoms, held]
+    return [*((mod, _plain_values(module)) for mod, module in zip(added, modules, strict=True)), atoms]
 
 
 #: A trial's walk of what an import made visits at most this many objects; a bigger import is not learned.
@@ -303,58 +301,24 @@ _TOO_BIG = "<too big to compare>"
 class _Existing:
     """Every object the collector tracked before an import: kept alive, so no new object can take an id of theirs."""
 
-    __slots__ = ("ids", "module_attributes", "objects")
+    __slots__ = ("environ", "ids", "module_attributes", "objects")
 
     def __init__(self) -> None:
         gc.unfreeze()  # frozen objects are not listed (a throw-away child: its pages are its own)
         gc.disable()  # nor collected: a collection during the import would walk the zygote's whole heap
         self.objects = gc.get_objects()
         self.ids = {id(obj) for obj in self.objects}
-        self.module_attributes = self._module_attributes()
-
-    @staticmethod
-    def _module_attributes() -> dict[str, dict[str, object]]:
-        return {  # the values themselves: a freed one's id could be a new value's
+        self.module_attributes = {  # the values themselves: a freed one's id could be a new value's
             name: dict(vars(module))
             for name, module in list(sys.modules.items())
             if isinstance(getattr(module, "__dict__", None), dict)
         }
-
-    def after_fork(self) -> None:
-        """In a child forked after the snapshot: what ``fork`` itself rebound (threading's locks) is no import's."""
-        self.module_attributes = self._module_attributes()
-
-    def what_they_hold(self) -> tuple[tuple[int, int], list[object]]:
-        """A digest of the atoms every earlier object holds now, and the new objects they hold.
-
-        What an import put *into* objects that were there before it: a
-        registry dict of another module, ``os.environ``, a list, a class.
-        Both imports start from the same objects (one snapshot, taken
-        before the fork), so only what the imports did can differ.
-        """
-        pid, ids, frame = os.getpid(), self.ids, types.FrameType
-        alive = {id(obj) for obj in gc.get_objects()}  # an int that is one of these is an id() (a cache's key)
-        atoms: list[object] = []
-        new: list[object] = []
-        for obj in self.objects:
-            if type(obj) is frame or obj is self:
-                continue  # the trial's own locals
-            referents = gc.get_referents(obj)
-            if type(obj) in (set, frozenset):
-                referents.sort(key=_stable_key)
-            for item in referents:
-                kind = type(item)
-                if kind is str or kind is bytes or kind is bool or item is None:
-                    atoms.append(item)
-                elif kind is int:
-                    atoms.append("<id>" if item in alive else _int_atom(item, pid))
-                elif id(item) not in ids:
-                    new.append(item)
-        return (len(atoms), hash(tuple(atoms))), new
+        self.environ = dict(os.environ)
 
     def changed_module_attributes(self) -> list[object]:
-        """Names and values an import set or rebound on the modules that were there before it."""
-        out: list[object] = []
+        """Names and values an import set or rebound on the modules that were there before it, and in ``os.environ``."""
+        out: list[object] = [(key, value) for key, value in os.environ.items() if self.environ.get(key) != value]
+        out += [key for key in self.environ if key not in os.environ]
         for name, before in self.module_attributes.items():
             namespace = getattr(sys.modules.get(name), "__dict__", None)
             if not isinstance(namespace, dict):
@@ -408,12 +372,12 @@ def _made_atoms(roots: list[object], existing: _Existing) -> tuple[int, int] | N
     that existed before the import (the same in both) and at modules,
     code and floats (mostly times). None past ``_WALK_LIMIT`` objects.
 
-    What the import put into objects that existed before it (a registry
-    dict of an earlier module, ``os.environ``, an earlier class or list) is
-    among the roots too (:meth:`_Existing.what_they_hold`). Not seen, so
-    still learned: floats, bytes subclasses, ctypes pointers, state a C
-    object keeps without showing it to the collector. ``preload`` and a
-    module imported by the caller's callable itself are not affected.
+    Not seen, so still learned: what the import changed *inside* an object
+    that existed before it (a registry dict of an earlier module, an
+    attribute of an earlier class, an earlier list; ``os.environ`` is
+    compared on its own), floats, bytes subclasses, ctypes pointers.
+    ``preload`` and a module imported by the caller's callable itself are
+    not affected.
     """
     pid = os.getpid()
     atoms: list[object] = []
