@@ -369,7 +369,8 @@ def _made_atoms(roots: list[object], existing: _Existing) -> tuple[int, int] | N
     state read at import hides in others (a compiled pattern, a method's
     default, a C object's fields, a container nested deeper than it looks).
     This walks the references themselves (``gc.get_referents``) and stops at objects
-    that existed before the import (the same in both) and at modules,
+    that existed before the import (noting which: an import that picks one
+    of two earlier objects by namespace state differs too) and at modules,
     code and floats (mostly times). None past ``_WALK_LIMIT`` objects.
 
     Not seen, so still learned: what the import changed *inside* an object
@@ -397,7 +398,10 @@ def _made_atoms(roots: list[object], existing: _Existing) -> tuple[int, int] | N
             continue
         if kind in (float, complex, types.CodeType, types.ModuleType):
             continue
-        if id(obj) in seen or id(obj) in existing.ids:
+        if id(obj) in existing.ids:
+            atoms.append(("<earlier>", id(obj)))  # which one: at the same address in both imports (forks)
+            continue
+        if id(obj) in seen:
             continue
         seen.add(id(obj))
         if _holds_an_address(kind):
