@@ -119,6 +119,8 @@ route add 10.28.0.0/24 encap ip id 100 dst 10.1.0.9 ttl 10 tos 2 dev up0
 -6 route add fd4c:5::/64 encap seg6local action End.B6.Encaps srh segs fd01::e,fd01::f dev up0
 -6 route add fd4c:6::/64 encap seg6local action End count dev up0
 -6 route add fd4c:7::/64 encap seg6local action End flavors next-csid lblen 32 nflen 16 dev up0
+-6 nexthop add id 13 encap seg6local action End count dev up0
+-6 route add fd4c:8::/64 nhid 13
 -6 route add fd32::/64 via fd01::fe pref high
 route add 10.29.0.0/24 via 10.1.0.254 dev br0 onlink
 route add 10.30.0.0/24 dev ifb0 scope link src 10.2.0.1 table 300

@@ -65,6 +65,7 @@ CASES: list[tuple[str, Callable[..., Any], tuple[str, ...]]] = [
     ("rule6", P(netlink.rules, 10), ("-6", "rule", "show")),
     ("rule4-d", P(netlink.rules, 2, details=1), ("-d", "rule", "show")),
     ("nexthop", netlink.nexthops, ("nexthop", "show")),
+    ("nexthop-s", P(netlink.nexthops, stats=1), ("-s", "nexthop", "show")),
     ("nexthop-d", P(netlink.nexthops, details=1), ("-d", "nexthop", "show")),
 ]
 

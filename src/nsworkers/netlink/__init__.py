@@ -96,7 +96,7 @@ SECTIONS: dict[str, Callable[..., list[Record]]] = {
 }
 
 # which of snapshot()'s options each section takes
-_TAKES_STATS = {"links", "addresses", "routes", "neighbours"}
+_TAKES_STATS = {"links", "addresses", "routes", "neighbours", "nexthops"}
 _TAKES_DETAILS = {"links", "addresses", "routes", "rules", "nexthops"}
 _TAKES_SESSION = {"links", "addresses", "routes", "neighbours", "proxy_neighbours", "rules", "nexthops"}
 _TAKES_ATTEMPTS = _TAKES_SESSION | {"xfrm_policies", "xfrm_states", "sockets", "unix_sockets"}

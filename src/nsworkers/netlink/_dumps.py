@@ -197,12 +197,12 @@ def addresses(
     return result(out, li or ai, max(lu, au))
 
 
-def _nexthop_table(s: Session, table: LinkTable, details: int) -> tuple[dict[int, Record], bool, int]:
+def _nexthop_table(s: Session, table: LinkTable, stats: int, details: int) -> tuple[dict[int, Record], bool, int]:
     payloads, interrupted, used = s.nexthops()
     names = _names.Names()
     out = {}
     for payload in payloads:
-        rec = _records.nexthop(payload, table, names, details=details)
+        rec = _records.nexthop(payload, table, names, stats=stats, details=details)
         out[rec["id"]] = rec
     return out, interrupted, used
 
@@ -225,7 +225,7 @@ def routes(
     _, interrupted, used, table = s.links()
     nexthops: dict[int, Record] | None = None
     if details:
-        nexthops, i, u = _nexthop_table(s, table, int(details))
+        nexthops, i, u = _nexthop_table(s, table, int(stats), int(details))
         interrupted, used = interrupted or i, max(used, u)
     out: list[Record] = []
     for fam in _families(family):
@@ -287,11 +287,13 @@ def rules(
     return result(out, interrupted, used)
 
 
-def nexthops(attempts: int = DEFAULT_ATTEMPTS, *, details: int = 0, session: Session | None = None) -> Dump:
-    """Nexthop objects, like ``ip -j nexthop show``."""
+def nexthops(
+    attempts: int = DEFAULT_ATTEMPTS, *, stats: int = 0, details: int = 0, session: Session | None = None
+) -> Dump:
+    """Nexthop objects, like ``ip -j nexthop show``; *stats*: a seg6local endpoint's counters, as ``ip -s``."""
     s = session or Session(attempts)
     _, li, lu, table = s.links()
     payloads, i, u = s.nexthops()
     names = _names.Names()
-    out = [_records.nexthop(p, table, names, details=int(details)) for p in payloads]
+    out = [_records.nexthop(p, table, names, stats=int(stats), details=int(details)) for p in payloads]
     return result(out, li or i, max(lu, u))

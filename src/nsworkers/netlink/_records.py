@@ -900,7 +900,7 @@ def _jiffies_seconds(jiffies: int) -> float | int:
     return int(value) if value == int(value) else value
 
 
-def nexthop(payload: bytes, links: LinkTable, names: n.Names, *, details: int = 0) -> Record:
+def nexthop(payload: bytes, links: LinkTable, names: n.Names, *, stats: int = 0, details: int = 0) -> Record:
     """``__print_nexthop_entry``: one nexthop object as ``ip -j nexthop show`` prints it."""
     _family, scope, protocol, _resvd, flags = NHMSG.unpack_from(payload)
     a = w.attrs(payload, NHMSG.size)
@@ -933,7 +933,7 @@ def nexthop(payload: bytes, links: LinkTable, names: n.Names, *, details: int = 
             ),
         }
     if NHA_ENCAP in a:
-        encap(rec, a.get(NHA_ENCAP_TYPE), a[NHA_ENCAP], links, names)
+        encap(rec, a.get(NHA_ENCAP_TYPE), a[NHA_ENCAP], links, names, stats)
     if NHA_GATEWAY in a:
         rec["gateway"] = w.ip(a[NHA_GATEWAY])
     if NHA_OIF in a:
