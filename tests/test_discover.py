@@ -275,7 +275,8 @@ def test_an_over_mounted_bind_mount_is_no_path(make_netns: Callable[[], str]) ->
 
 #: Runs as a helper: enters new namespaces (argv[1]: unshare flags) and forks a child that, alone in
 #: the new network namespace (its parent goes back to the old one, and waits for it), names itself as
-#: nsworkers names its workers (as a uid: argv[4], if any). argv[2], argv[3]: PR_SET_NAME, CLONE_NEWNET.
+#: nsworkers names its workers. argv[2], argv[3]: PR_SET_NAME, CLONE_NEWNET; argv[4]: the child's
+#: own unshare flags after the fork (0: none); argv[5]: its uid, if any.
 _NAMED_LIKE_A_WORKER = """
 import ctypes, os, signal, sys
 libc = ctypes.CDLL(None, use_errno=True)
@@ -284,8 +285,10 @@ if libc.unshare(int(sys.argv[1])) != 0:
     raise OSError(ctypes.get_errno(), "unshare")
 child = os.fork()
 if child == 0:
-    if len(sys.argv) > 4:
-        os.setresuid(int(sys.argv[4]), int(sys.argv[4]), int(sys.argv[4]))
+    if int(sys.argv[4]) and libc.unshare(int(sys.argv[4])) != 0:
+        os._exit(1)
+    if len(sys.argv) > 5:
+        os.setresuid(int(sys.argv[5]), int(sys.argv[5]), int(sys.argv[5]))
     libc.prctl(int(sys.argv[2]), b"nsw-worker", 0, 0, 0)
     signal.pause()
     os._exit(0)
@@ -302,22 +305,23 @@ def _maps_uid(uid: int) -> bool:
 
 
 @pytest.mark.parametrize(
-    ("flags", "uid"),
+    ("flags", "own", "uid"),
     [
-        pytest.param(_sys.CLONE_NEWNET | _sys.CLONE_NEWPID, None, id="another pid namespace"),
-        pytest.param(_sys.CLONE_NEWNET | _sys.CLONE_NEWNS, None, id="another mount namespace"),
-        pytest.param(_sys.CLONE_NEWNET, 65534, id="another uid"),
+        pytest.param(_sys.CLONE_NEWNET | _sys.CLONE_NEWPID, 0, None, id="another pid namespace"),
+        pytest.param(_sys.CLONE_NEWNET | _sys.CLONE_NEWNS, 0, None, id="another mount namespace"),
+        pytest.param(_sys.CLONE_NEWNET, _sys.CLONE_NEWUSER, None, id="another user namespace"),
+        pytest.param(_sys.CLONE_NEWNET, 0, 65534, id="another uid"),
     ],
 )
 def test_a_process_named_like_a_worker_does_not_hide_its_namespace(
-    flags: int, uid: int | None, spawn: Callable[..., subprocess.Popen[str]]
+    flags: int, own: int, uid: int | None, spawn: Callable[..., subprocess.Popen[str]]
 ) -> None:
     # Broke: network_namespaces() left out a namespace whose only processes were *named*
     # nsw-worker (a comm anyone sets), so a container, or a user after `unshare -rn`, could
     # hide its network from inspect() and the exporter.
     if uid is not None and not _maps_uid(uid):
         pytest.skip(f"uid {uid} is not mapped in this user namespace")
-    names = (str(flags), str(_sys.PR_SET_NAME), str(_sys.CLONE_NEWNET), *([str(uid)] if uid is not None else []))
+    names = (str(flags), str(_sys.PR_SET_NAME), str(_sys.CLONE_NEWNET), str(own), *([str(uid)] * (uid is not None)))
     helper = spawn(sys.executable, "-c", _NAMED_LIKE_A_WORKER, *names)
     assert helper.stdout is not None
     pid = int(helper.stdout.readline())

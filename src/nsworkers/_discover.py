@@ -153,16 +153,17 @@ def is_nsworkers_process(pid: int, command: str | None = None) -> bool:
     ``nsw-worker`` would hide its namespace from :func:`network_namespaces`
     and the exporter. So it must also be in this process's pid namespace (a
     worker never leaves the one it was forked in: ``setns`` moves only its
-    children) and mount namespace (one joined for inspection: a network
-    namespace) and have this process's effective uid. A worker that joined a
-    mount namespace, or a pool of another user, is then no nsworkers process
-    here: its namespace is listed, not hidden. What still passes is a process
-    of our uid in our pid and mount namespaces, which could do anything we do.
+    children), mount and user namespaces (one joined for inspection: a
+    network namespace) and have this process's effective uid. A worker that
+    joined a mount or user namespace, or a pool of another user, is then no
+    nsworkers process here: its namespace is listed, not hidden. What still
+    passes is a process of our uid in our pid, mount and user namespaces,
+    which could do anything we do.
     """
     if (command or _comm(pid)) not in PROCESS_NAMES:
         return False
     try:
-        for kind in ("pid", "mnt"):
+        for kind in ("pid", "mnt", "user"):
             theirs, ours = os.stat(f"/proc/{pid}/ns/{kind}"), os.stat(f"/proc/self/ns/{kind}")
             if (theirs.st_ino, theirs.st_dev) != (ours.st_ino, ours.st_dev):
                 return False

@@ -35,7 +35,7 @@ def network_namespaces() -> list[str]:
     open fd keeps alive. Left out: namespaces that only nsworkers' own
     processes keep alive (a worker still in a namespace whose name was
     deleted is not a namespace of the host's, and following it would
-    keep it alive for ever). Ours by name *and* by our pid and mount
+    keep it alive for ever). Ours by name *and* by our pid, mount and user
     namespaces and uid: a name alone, anyone can take on to hide.
     """
     from ._discover import discover, held_only_by_nsworkers
