@@ -92,6 +92,10 @@ def kill_group(pid: int) -> None:
             continue
 
 
+#: What :func:`wait_a_little` returns for a child still running at the end of its wait (no wait status is < 0).
+RUNNING = -1
+
+
 def reap_child(pid: int, kill: bool = False) -> tuple[int | None, bool]:
     """Wait for our child *pid*; SIGKILL it at once (*kill*) or if still alive after a short grace.
 
@@ -108,10 +112,6 @@ def reap_child(pid: int, kill: bool = False) -> tuple[int | None, bool]:
         return status, False
     kill_group(pid)
     return wait_a_little(pid, KILL_GRACE), True
-
-
-#: What :func:`wait_a_little` returns for a child still running at the end of its wait (no wait status is < 0).
-RUNNING = -1
 
 
 def wait_a_little(pid: int, grace: float) -> int | None:

@@ -32,6 +32,7 @@ _MNT_DETACH = 2
 
 # Runs in the helper interpreter: unshare a new netns, then bind it to a path
 # or hand its fd back over a socket. Kept import-light: it starts per call.
+_HELPER_CONSTANTS = f"CLONE_NEWNET, MS_BIND = {CLONE_NEWNET}, {_MS_BIND}\n"
 _HELPER = r"""
 import ctypes, os, socket, sys
 libc = ctypes.CDLL(None, use_errno=True)
@@ -43,7 +44,7 @@ def check(ret, what):
 check(libc.unshare(CLONE_NEWNET), "unshare(CLONE_NEWNET)")
 mode, arg = sys.argv[1], sys.argv[2]
 if mode == "bind":
-    check(libc.mount(b"/proc/self/ns/net", arg.encode(), b"none", 0x1000, None), "bind mount")
+    check(libc.mount(b"/proc/self/ns/net", arg.encode(), b"none", MS_BIND, None), "bind mount")
 else:
     fd = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     socket.send_fds(socket.socket(fileno=int(arg)), [b"n"], [fd])
@@ -81,7 +82,7 @@ def _ensure_shared_run_dir() -> None:
 
 def _helper(mode: str, arg: str, pass_fds: tuple[int, ...] = ()) -> None:
     done = subprocess.run(
-        [sys.executable or "python3", "-I", "-c", f"CLONE_NEWNET = {CLONE_NEWNET}\n{_HELPER}", mode, arg],
+        [sys.executable or "python3", "-I", "-c", _HELPER_CONSTANTS + _HELPER, mode, arg],
         pass_fds=pass_fds,
         stdin=subprocess.DEVNULL,
         capture_output=True,
