@@ -18,6 +18,9 @@ import pytest
 import nsworkers
 
 PREFIX = f"nswt{os.getpid()}-"
+# A zygote's trial import may take 2 s, past which the module is not learned: safe, but on a CI
+# machine loaded by other work a learning test would then fail. Tests that mean a time set their own.
+os.environ.setdefault("NSWORKERS_TRIAL_TIMEOUT", "60")
 _counter = itertools.count()
 IN_USERNS = os.environ.get("NSW_TEST_USERNS") == "1"
 

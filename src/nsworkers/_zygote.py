@@ -69,6 +69,8 @@ _MAX_REFUSED = 1024  # modules remembered as not to be imported here (never trie
 # Seconds a trial import may take; slower ones are not learned. The zygote serves no other
 # request meanwhile (nor during the import that follows): a cold call to any namespace waits.
 _TRIAL_TIMEOUT = 2.0
+#: The environment variable (read by the zygote as it starts) that sets the trial's time instead.
+TRIAL_TIMEOUT_ENV = "NSWORKERS_TRIAL_TIMEOUT"
 _PR_SET_CHILD_SUBREAPER = 36
 _MAX_REPORTS = 64  # workers' report sockets kept open at once (see _Zygote.read_report)
 _MAX_QUEUED = 1024  # reported modules waiting to be learned
@@ -638,6 +640,7 @@ class _Zygote:
         self.to_learn: collections.OrderedDict[str, str] = collections.OrderedDict()  # reported: name -> file
         self.singly: collections.OrderedDict[str, str] = collections.OrderedDict()  # of a refused batch: tried alone
         self.poller = select.poll()  # the control socket and the report sockets
+        self.trial_timeout = trial_timeout()
         self.poller.register(ctl, select.POLLIN)
 
     def on_sigchld(self, signum: int, frame: object) -> None:
@@ -674,7 +677,7 @@ class _Zygote:
             return False
         if len(self.learned) >= _MAX_LEARNED:
             return False
-        why = trial_import(chain, hangup=self.ctl.fileno())
+        why = trial_import(chain, self.trial_timeout, hangup=self.ctl.fileno())
         if why is None:
             try:
                 importlib.import_module(name)
@@ -710,7 +713,7 @@ class _Zygote:
         self.to_learn.clear()  # at _MAX_LEARNED: the rest is dropped, as learn() drops a module past it
         if len(batch) <= 1:
             return self.learn(tuple(batch))
-        if trial_import(tuple(batch), hangup=self.ctl.fileno()) is not None:
+        if trial_import(tuple(batch), self.trial_timeout, hangup=self.ctl.fileno()) is not None:
             self.singly.update(batch)
             return False
         try:
@@ -730,7 +733,7 @@ class _Zygote:
         themselves, as before it was learned.
         """
         name = chain[-1][0]
-        why = trial_import(chain, reload=True, hangup=self.ctl.fileno())
+        why = trial_import(chain, self.trial_timeout, reload=True, hangup=self.ctl.fileno())
         if why is None:
             try:
                 importlib.reload(sys.modules[name])
@@ -987,6 +990,20 @@ def _reset_inherited_signals() -> None:
         except (OSError, ValueError):
             pass
     _signal.signal(_signal.SIGINT, _signal.SIG_IGN)  # the caller decides; a Ctrl-C reaches the whole group
+
+
+def trial_timeout() -> float:
+    """``$NSWORKERS_TRIAL_TIMEOUT`` seconds if that is a positive number, else 2 s.
+
+    A trial on a machine busy enough to stretch it past 2 s is refused, so
+    the module is not learned (safe: each worker imports it itself); a
+    longer time learns it, and holds every spawn up for as long.
+    """
+    try:
+        seconds = float(os.environ.get(TRIAL_TIMEOUT_ENV, ""))
+    except ValueError:
+        return _TRIAL_TIMEOUT
+    return seconds if 0 < seconds < float("inf") else _TRIAL_TIMEOUT
 
 
 def zygote_main(ctl_fd: int) -> None:
