@@ -15,7 +15,7 @@ import psutil
 import pytest
 
 import nsworkers
-from nsworkers import Namespace, NamespaceType, _sys
+from nsworkers import Namespace, NamespaceType, _discover, _sys
 
 from .conftest import ip, wait_for
 
@@ -326,7 +326,7 @@ def test_a_process_named_like_a_worker_does_not_hide_its_namespace(
     assert helper.stdout is not None
     pid = int(helper.stdout.readline())
     try:
-        assert wait_for(lambda: _comm_of(pid) == "nsw-worker")
+        assert wait_for(lambda: _discover._comm(pid) == "nsw-worker")
         ino = inode(f"/proc/{pid}/ns/net")
         listed = set()
         for path in nsworkers.network_namespaces():
@@ -337,11 +337,3 @@ def test_a_process_named_like_a_worker_does_not_hide_its_namespace(
         assert ino in listed
     finally:
         os.kill(pid, signal.SIGKILL)
-
-
-def _comm_of(pid: int) -> str | None:
-    try:
-        with open(f"/proc/{pid}/comm") as comm:
-            return comm.read().strip()
-    except OSError:
-        return None
