@@ -478,6 +478,33 @@ def test_kill_workers_during_cold_starts(make_netns: Callable[[], str]) -> None:
     pool.shutdown()
 
 
+@pytest.mark.parametrize("stop", ["kill_workers", "shutdown(cancel_futures=True)"])
+def test_calls_a_stop_cancelled_in_the_queue_are_done_for_wait(netns: str, tmp_path: Path, stop: str) -> None:
+    """``concurrent.futures.wait()`` and ``as_completed()`` return for queued calls a stop cancelled.
+
+    Broke: those futures were left CANCELLED, never CANCELLED_AND_NOTIFIED
+    (what a drain that meets a cancelled call leaves), and ``wait()`` without
+    a timeout waited for them for ever.
+    """
+    started, gate = tmp_path / "started", tmp_path / "gate"
+    pool = Pool()
+    try:
+        running = pool.submit(netns, started_then_wait, str(started), str(gate), "ran")
+        assert wait_for(started.exists)
+        queued = [pool.submit(netns, pid) for _ in range(3)]  # one drain per namespace: these wait behind it
+        if stop == "kill_workers":
+            pool.kill_workers()
+        else:
+            pool.shutdown(wait=False, cancel_futures=True)
+        assert not concurrent.futures.wait(queued, timeout=60).not_done  # a detector of a hang, not a timing
+        assert all(future.cancelled() for future in queued)
+        assert set(concurrent.futures.as_completed(queued, timeout=60)) == set(queued)
+    finally:
+        gate.touch()
+        pool.shutdown()
+    assert running.done()
+
+
 # -- pool.executor(target) ----------------------------------------------------------
 
 

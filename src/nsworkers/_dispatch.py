@@ -256,7 +256,10 @@ class Dispatcher:
             for queue in self._queues.values():
                 queue.jobs.clear()
         for job in jobs:
-            job.future.cancel_pending()
+            if job.future.cancel_pending():
+                # CANCELLED_AND_NOTIFIED, as a drain that met it would leave it: only then do
+                # concurrent.futures.wait() and as_completed() count it done (they hung).
+                job.future.set_running_or_notify_cancel()
             self._dropped()
         return len(jobs)
 
