@@ -24,6 +24,7 @@ import pytest
 from nsworkers import Namespace, Pool
 from nsworkers.errors import NamespaceTypeError, NsWorkersError
 
+from ._in_worker import my_netns
 from .conftest import IN_USERNS, run_python, wait_for
 
 pytestmark = pytest.mark.privileged
@@ -184,10 +185,6 @@ def _signal_storm(seed: int, low: float, high: float) -> Iterator[None]:
         signal.signal(signal.SIGUSR1, previous)
 
 
-def _netns_id() -> str:
-    return os.readlink("/proc/self/ns/net")
-
-
 @pytest.mark.timeout(240)
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the handler fires in GC callbacks too
 def test_pool_stays_usable_after_a_storm_of_interrupted_calls(make_netns: Callable[[], str]) -> None:
@@ -209,7 +206,7 @@ def test_pool_stays_usable_after_a_storm_of_interrupted_calls(make_netns: Callab
     expected = {path: f"net:[{os.stat(path).st_ino}]" for path in paths}
     pool = Pool(max_workers=2, spare_workers=1)
     for path in paths:
-        assert pool.run(path, _netns_id) == expected[path]
+        assert pool.run(path, my_netns) == expected[path]
     with _signal_storm(12, 0.002, 0.06):
         done = 0
         while done < 1000:
@@ -222,7 +219,7 @@ def test_pool_stays_usable_after_a_storm_of_interrupted_calls(make_netns: Callab
                 pass
     try:
         for path in paths:  # each call may wait for a free slot, never forever
-            assert pool.options(timeout=30).run(path, _netns_id) == expected[path]
+            assert pool.options(timeout=30).run(path, my_netns) == expected[path]
     finally:
         pool.shutdown(wait=False)
 
@@ -237,6 +234,11 @@ def test_submit_result_under_a_storm_of_interrupts_loses_no_call(make_netns: Cal
     reverted): CPython's ``Future`` and ``Semaphore`` locking then ran in the
     main thread, and an exception landing just after one of their locks was
     taken left it held (drain threads were seen stuck giving themselves back).
+    It hung again once the callable came from a module light enough for the
+    zygote to learn: calls got so fast that the handler's exception often
+    landed inside ``submit()``. After the call was queued it was counted out
+    twice (its drain counted it out too) and the count went below zero;
+    between the count and the ``try`` that undid it, it was never counted out.
     """
     paths = [f"/run/netns/{make_netns()}" for _ in range(2)]
     expected = {path: f"net:[{os.stat(path).st_ino}]" for path in paths}
@@ -248,14 +250,14 @@ def test_submit_result_under_a_storm_of_interrupts_loses_no_call(make_netns: Cal
             try:
                 path = paths[done % 2]
                 done += 1
-                future = pool.options(timeout=10).submit(path, _netns_id)
+                future = pool.options(timeout=10).submit(path, my_netns)
                 futures.append(future)
                 assert future.result() == expected[path]
             except (_Interrupted, NsWorkersError):
                 pass
     try:
         for path in paths:
-            assert pool.options(timeout=30).run(path, _netns_id) == expected[path]
+            assert pool.options(timeout=30).run(path, my_netns) == expected[path]
         assert not concurrent.futures.wait(futures, timeout=120).not_done  # each one ended, one way or another
     finally:
         closer = threading.Thread(target=pool.shutdown)

@@ -16,6 +16,7 @@ cancel is never given back.
 from __future__ import annotations
 
 import collections
+import functools
 import itertools
 import threading
 import time
@@ -118,13 +119,14 @@ def cancel_pending(future: Future[Any]) -> None:
 
 
 class _Job:
-    __slots__ = ("call", "future", "target", "timeout")
+    __slots__ = ("call", "future", "queued", "target", "timeout")
 
     def __init__(self, future: CallFuture, target: Target, call: Call, timeout: float | None) -> None:
         self.future = future
         self.target = target
         self.call = call
         self.timeout = timeout
+        self.queued = False  # set by Dispatcher.submit with no call before the queueing: then a drain owns it
 
 
 class _Queue:
@@ -156,12 +158,18 @@ class _Threads:
     def __init__(self, limit: int) -> None:
         self._limit = limit
         self._queue: SimpleQueue[Callable[[], None] | None] = SimpleQueue()
+        self.put = self._queue.put  # after reserve(); a C call: done whole or not at all
         self._idle = 0  # threads waiting for work, not yet promised a job
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
 
-    def submit(self, fn: Callable[[], None]) -> None:
-        self._queue.put(fn)
+    def reserve(self) -> None:
+        """Make sure a thread will take the next :attr:`put`: promise an idle one, or start one.
+
+        Called before the put, which is one C call: a signal handler's exception
+        in between costs at most a thread that waits for work, never work that
+        waits for a thread.
+        """
         with self._lock:
             if self._idle:
                 self._idle -= 1
@@ -199,7 +207,7 @@ class _Threads:
 class Dispatcher:
     """Per-namespace job queues and the threads that drain them."""
 
-    def __init__(self, execute: Execute, dropped: Callable[[], None], per_namespace: int, max_threads: int) -> None:
+    def __init__(self, execute: Execute, dropped: Callable[[Call], None], per_namespace: int, max_threads: int) -> None:
         self._execute = execute
         self._dropped = dropped  # a counted call ended without running (its future was cancelled)
         self._per_ns = per_namespace
@@ -207,20 +215,32 @@ class Dispatcher:
         self._queues: dict[Key, _Queue] = {}
         self._threads = _Threads(max_threads)
 
-    def submit(self, target: Target, call: Call, timeout: float | None) -> Future[Any]:
-        """Queue a counted call; its future completes with the result or the typed error."""
-        job = _Job(CallFuture(), target, call, timeout)
+    @staticmethod
+    def job(target: Target, call: Call, timeout: float | None) -> _Job:
+        """A job for :meth:`submit`; its future completes with the result or the typed error."""
+        return _Job(CallFuture(), target, call, timeout)
+
+    def submit(self, job: _Job) -> None:
+        """Queue a counted job: once ``job.queued`` is set, a drain runs it and counts it out.
+
+        A signal handler's exception may land in the caller's thread after any
+        call (CPython checks for one there). So the drain is sent first, then
+        ``job.queued`` is set with no call between it and the queueing: an
+        exception in between leaves that drain an empty queue, which it
+        leaves at once, and the job the caller's to count out.
+        """
+        key = job.target.key
         with self._lock:
-            queue = self._queues.get(target.key)
+            queue = self._queues.get(key)
             if queue is None:
-                queue = self._queues[target.key] = _Queue()
-            queue.jobs.append(job)
-            start = queue.drains < self._per_ns
-            if start:
+                queue = self._queues[key] = _Queue()
+            if queue.drains < self._per_ns:
+                drain = functools.partial(self._drain, key, queue)
+                self._threads.reserve()
                 queue.drains += 1
-        if start:
-            self._threads.submit(lambda: self._drain(target.key, queue))
-        return job.future
+                self._threads.put(drain)
+            job.queued = True
+            queue.jobs.append(job)
 
     def _drain(self, key: Key, queue: _Queue) -> None:
         while True:
@@ -238,7 +258,7 @@ class Dispatcher:
         """Make a job's call (in a drain thread) and complete its future."""
         future = job.future
         if not future.set_running_or_notify_cancel():
-            self._dropped()
+            self._dropped(job.call)
             return
         try:
             result = self._execute(job.target, job.call, job.timeout, future)
@@ -260,7 +280,7 @@ class Dispatcher:
                 # CANCELLED_AND_NOTIFIED, as a drain that met it would leave it: only then do
                 # concurrent.futures.wait() and as_completed() count it done (they hung).
                 job.future.set_running_or_notify_cancel()
-            self._dropped()
+            self._dropped(job.call)
         return len(jobs)
 
     def shutdown(self, join: bool) -> None:

@@ -65,6 +65,7 @@ _monotonic = time.monotonic
 _START_TIMEOUT = 60.0  # a worker that is not ready by then is not coming
 _STOP_TIMEOUT = 1.0  # how long a polite STOP may take to write
 _REQUEST_IDS = 0xFFFFFFFF  # request ids are u32 on the wire; 0 is the worker's start-up reply
+_FINISH_POLL = 0.25  # seconds between looks at the running calls while shutdown(wait=True) waits for them
 
 
 #: How many calls this thread is inside: a signal handler calling shutdown(wait=True) there
@@ -326,7 +327,9 @@ class Pool(_Caller):
         self._dispatch = Dispatcher(self._execute, self._leave, self._per_ns, self._max_workers)
         self._state_lock = threading.Lock()
         self._state = threading.Condition(self._state_lock)  # guards the call count and the flags below
-        self._inflight = 0  # calls running or queued
+        # Calls running or queued (their Call objects): a set, so that counting one out is idempotent,
+        # and both adding and removing are one C call, whole or not done, wherever a signal lands.
+        self._calls: set[Call] = set()
         self._closing = False  # no new calls
         self._reaper: threading.Thread | None = None
         self._reaper_stop = threading.Event()
@@ -388,8 +391,7 @@ class Pool(_Caller):
                 raise
             return info, taken
 
-        self._enter()
-        return self._execute(resolved, call, timeout, hold=take)  # type: ignore[no-any-return]
+        return self._execute(resolved, call, timeout, hold=take, enter=True)  # type: ignore[no-any-return]
 
     def options(self, *, timeout: float | None = None) -> PoolOptions:
         """A view of this pool with per-call options, which cannot collide with the callable's keywords::
@@ -495,16 +497,19 @@ class Pool(_Caller):
 
     # -- counting calls -------------------------------------------------------
 
-    def _enter(self) -> None:
-        with self._state_lock:  # the lock itself, not the Condition: this is on every call's path
-            if self._closing:
-                raise PoolClosedError("the pool is shut down")
-            self._inflight += 1
+    # A signal handler's exception (Ctrl-C) may land in the caller's thread after any call, and
+    # also at the start of any Python function: so a call is added inside the ``try`` whose
+    # ``finally`` removes it, and removed before anything else is called there. A count that
+    # lost or gained one made ``shutdown()`` wait for ever.
 
-    def _leave(self) -> None:
-        with self._state_lock:
-            self._inflight -= 1
-            if not self._inflight and self._closing:
+    def _leave(self, call: Call) -> None:
+        """Count out a call that ended without running (a cancelled job); in a pool thread."""
+        self._calls.discard(call)
+        self._closed_when_done()
+
+    def _closed_when_done(self) -> None:
+        if self._closing and not self._calls:
+            with self._state:
                 self._state.notify_all()
 
     # -- the call path ------------------------------------------------------
@@ -519,8 +524,7 @@ class Pool(_Caller):
     ) -> Any:
         resolved = resolve(target)
         call = Call(fn, args, kwargs)
-        self._enter()
-        return self._execute(resolved, call, timeout, idle_first=True)
+        return self._execute(resolved, call, timeout, idle_first=True, enter=True)
 
     def _submit(
         self,
@@ -531,13 +535,19 @@ class Pool(_Caller):
         timeout: float | None,
     ) -> Future[Any]:
         resolved = resolve(target)
-        call = Call(fn, args, kwargs)
-        self._enter()
+        job = self._dispatch.job(resolved, Call(fn, args, kwargs), timeout)
         try:
-            return self._dispatch.submit(resolved, call, timeout)
+            with self._state_lock:  # the lock itself, not the Condition: this is on every call's path
+                if self._closing:
+                    raise PoolClosedError("the pool is shut down")
+                self._calls.add(job.call)
+            self._dispatch.submit(job)
         except BaseException:
-            self._leave()
+            if not job.queued:  # else its drain counts it out
+                self._calls.discard(job.call)
+                self._closed_when_done()
             raise
+        return job.future
 
     def _execute(
         self,
@@ -547,8 +557,12 @@ class Pool(_Caller):
         watch: CallFuture | None = None,
         idle_first: bool = False,
         hold: Callable[[Worker, Any], Any] | None = None,
+        enter: bool = False,
     ) -> Any:
-        """Run one counted call to its end (``_enter`` was called; ``_leave`` is, here, once).
+        """Run one call to its end, and count it out.
+
+        *enter*: count it in first (a call made in the caller's thread); a
+        submitted one was counted in when it was queued.
 
         *watch*: the call's future; its ``cancel()`` kills the worker while a
         request is out, and the call then ends in :class:`CallCancelled`.
@@ -560,6 +574,11 @@ class Pool(_Caller):
         worker: Worker | None = None
         _in_call.depth = getattr(_in_call, "depth", 0) + 1
         try:
+            if enter:
+                with self._state_lock:
+                    if self._closing:
+                        raise PoolClosedError("the pool is shut down")
+                    self._calls.add(call)
             deadline = None if timeout is None else _monotonic() + timeout
             for attempt in (0, 1):
                 try:
@@ -623,7 +642,8 @@ class Pool(_Caller):
             raise AssertionError("unreachable")  # pragma: no cover
         finally:
             _in_call.depth -= 1
-            self._leave()
+            self._calls.discard(call)  # no call before it here: a signal cannot land in between
+            self._closed_when_done()
 
     def _exchange(self, worker: Worker, call: Call, deadline: float | None) -> m.Frame:
         """Send *call* to *worker* and return its reply frame, checked to answer this request."""
@@ -870,8 +890,9 @@ class Pool(_Caller):
 
     def _finish(self) -> None:
         with self._state:
-            while self._inflight:
-                self._state.wait()
+            while self._calls:
+                # Also on a timer: the notify comes from the caller's thread, where a signal can stop it.
+                self._state.wait(_FINISH_POLL)
             if self._closed:
                 return
             self._closed = True
