@@ -505,6 +505,29 @@ def test_calls_a_stop_cancelled_in_the_queue_are_done_for_wait(netns: str, tmp_p
     assert running.done()
 
 
+def test_a_drain_thread_that_never_started_does_not_break_shutdown(
+    pool: Pool, netns: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``submit()`` stopped between listing a new drain thread and starting it.
+
+    A second Ctrl-C can land there, and so can "can't start new thread" at a
+    thread limit. Broke: ``shutdown()`` then raised "cannot join thread
+    before it is started" (a traceback after two Ctrl-C in ``watch``).
+    """
+    worker = pool.run(netns, pid)  # the zygote and its reader thread are up: the next thread started is a drain
+    start = threading.Thread.start
+
+    def fail_once(self: threading.Thread) -> None:
+        monkeypatch.setattr(threading.Thread, "start", start)
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(threading.Thread, "start", fail_once)
+    with pytest.raises(RuntimeError, match="can't start new thread"):
+        pool.submit(netns, pid)
+    assert pool.submit(netns, pid).result(timeout=60) == worker  # the pool is as it was
+    pool.shutdown()
+
+
 # -- pool.executor(target) ----------------------------------------------------------
 
 

@@ -200,7 +200,9 @@ class _Threads:
         if join:
             current = threading.current_thread()
             for thread in threads:
-                if thread is not current:
+                # Not started: reserve() was stopped (a signal's exception, no thread left) between
+                # listing it and starting it. It has nothing to finish; join() would raise.
+                if thread is not current and thread.ident is not None:
                     thread.join()
 
 
