@@ -15,11 +15,9 @@ import random
 import signal
 import subprocess
 import threading
-import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import CancelledError, Future
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -33,43 +31,16 @@ from nsworkers.errors import (
     WorkerStartError,
 )
 
+from ._in_worker import my_netns, pid, started_then_block, started_then_wait, wait_for_file
 from .conftest import _children, dead, ip, wait_for
-from .test_pool import wait_for_file
 
 pytestmark = pytest.mark.privileged
-
-
-def pid() -> int:
-    return os.getpid()
-
-
-def sleep_then_pid(seconds: float) -> int:
-    time.sleep(seconds)
-    return os.getpid()
-
-
-def my_netns() -> str:
-    return os.readlink("/proc/self/ns/net")
-
-
-def started_then_block(marker: str) -> int:
-    """Runs in a worker: say it runs (create *marker*, holding the pid), then block until killed."""
-    with open(marker + ".tmp", "w") as f:
-        f.write(str(os.getpid()))
-    os.rename(marker + ".tmp", marker)
-    time.sleep(3600)
-    return -1
 
 
 def wait_started(marker: Path) -> int:
     """The pid of the worker that runs :func:`started_then_block` once it does."""
     assert wait_for(marker.exists), "the call never started"
     return int(marker.read_text())
-
-
-def started_then_wait(marker: str, gate: str, value: Any) -> Any:
-    open(marker, "w").close()
-    return wait_for_file(gate, value)
 
 
 # -- cancel() of a running call --------------------------------------------------

@@ -9,7 +9,6 @@ import functools
 import gc
 import os
 import signal
-import socket
 import threading
 import time
 import weakref
@@ -22,56 +21,17 @@ import pytest
 import nsworkers
 from nsworkers import Namespace, Pool, _calls
 
+from ._in_worker import (
+    interfaces,
+    my_netns,
+    pid,
+    rendezvous_pid,
+    sleep_then,
+    wait_for_file,
+)
 from .conftest import dead, ip, run_python, thread_netns, wait_for
 
 pytestmark = pytest.mark.privileged
-
-
-def my_netns() -> str:
-    return os.readlink("/proc/self/ns/net")
-
-
-def pid() -> int:
-    return os.getpid()
-
-
-def interfaces() -> list[str]:
-    return sorted(name for _, name in socket.if_nameindex())
-
-
-def sleep_then(seconds: float, value: str) -> str:
-    time.sleep(seconds)
-    return value
-
-
-def sleep_then_pid(seconds: float) -> int:
-    time.sleep(seconds)
-    return os.getpid()
-
-
-def wait_for_file(path: str, value: str) -> str:
-    """Runs in a worker: a call that lasts until the test creates *path* (a gate, not a clock)."""
-    deadline = time.monotonic() + 60
-    while not os.path.exists(path):
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{path} never appeared")
-        time.sleep(0.005)
-    return value
-
-
-def rendezvous_pid(directory: str, parties: int) -> int:
-    """Runs in a worker: returns only once *parties* calls are in here at the same time."""
-    open(os.path.join(directory, str(os.getpid())), "w").close()
-    wait_for_file_count(directory, parties)
-    return os.getpid()
-
-
-def wait_for_file_count(directory: str, count: int) -> None:
-    deadline = time.monotonic() + 60
-    while len(os.listdir(directory)) < count:
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"only {len(os.listdir(directory))} of {count} calls ever ran at once")
-        time.sleep(0.005)
 
 
 class Unpicklable(Exception):

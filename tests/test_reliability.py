@@ -25,27 +25,12 @@ import pytest
 import nsworkers
 from nsworkers import Namespace, Pool
 
+from ._in_worker import exhaust_memory, my_netns, pid, recurse
 from .conftest import PREFIX, dead, ip, thread_netns, wait_for
 
 pytestmark = pytest.mark.privileged
 SOAK = os.environ.get("NSW_SOAK") == "1"
 NET = "/proc/self/ns/net"
-
-
-def pid() -> int:
-    return os.getpid()
-
-
-def my_netns() -> str:
-    return os.readlink("/proc/self/ns/net")
-
-
-def recurse(n: int = 0) -> int:
-    return recurse(n + 1)
-
-
-def exhaust_memory() -> None:
-    bytearray(1 << 60)
 
 
 # -- R1 faults -------------------------------------------------------------

@@ -19,9 +19,7 @@ import contextlib
 import ctypes
 import fcntl
 import gc
-import importlib
 import json
-import multiprocessing
 import os
 import random
 import signal
@@ -41,6 +39,19 @@ import pytest
 import nsworkers
 from nsworkers import Namespace, Pool
 
+from ._in_worker import (
+    fork_sleeper,
+    fork_then_die,
+    import_value,
+    mp_sleeper,
+    my_netns,
+    ns_link,
+    unpicklable_result,
+    unshare,
+)
+from ._in_worker import (
+    pid as getpid,
+)
 from .conftest import dead, run_python, wait_for
 
 pytestmark = pytest.mark.privileged
@@ -52,68 +63,6 @@ SIOCGSKNS = 0x894C  # linux/sockios.h: a socket's network namespace as a new fd
 
 
 # -- helpers: callables for the workers --------------------------------------
-
-
-def my_netns() -> str:
-    return os.readlink(NET)
-
-
-def ns_link(kind: str) -> str:
-    return os.readlink(f"/proc/self/ns/{kind}")
-
-
-def getpid() -> int:
-    return os.getpid()
-
-
-def unshare(flags: int) -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.unshare(flags) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
-
-
-def import_value(name: str) -> str:
-    value: str = importlib.import_module(name).VALUE
-    return value
-
-
-def fork_sleeper() -> int:
-    """Leave a forked child running (it holds copies of every fd of the worker); return its pid."""
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child
-        time.sleep(120)
-        os._exit(0)
-    return pid
-
-
-def mp_sleeper() -> int:
-    """The same through a multiprocessing "fork" Process."""
-    process = multiprocessing.get_context("fork").Process(target=time.sleep, args=(120,))
-    process.start()
-    assert process.pid is not None
-    return process.pid
-
-
-def fork_then_die(pidfile: str, via: str) -> None:
-    """Leave a child running, note its pid, then die mid-call."""
-    pid = fork_sleeper() if via == "fork" else mp_sleeper()
-    Path(pidfile).write_text(str(pid))
-    os.kill(os.getpid(), signal.SIGKILL)
-
-
-class ReduceRaises:
-    """A result whose pickling raises a BaseException that is not an Exception."""
-
-    def __init__(self, error: type[BaseException]) -> None:
-        self.error = error
-
-    def __reduce__(self) -> Any:
-        raise self.error()
-
-
-def unpicklable_result(error: type[BaseException]) -> ReduceRaises:
-    return ReduceRaises(error)
 
 
 # -- helpers: processes and signals ------------------------------------------
