@@ -251,6 +251,42 @@ def test_a_module_slower_to_import_than_the_trials_time_is_not_learned(
 
 
 @pytest.mark.privileged
+def test_once_a_trial_runs_out_of_time_the_rest_of_its_batch_is_not_tried_alone(modules_dir: tuple[Path, str]) -> None:
+    """Modules of a refused batch are tried one at a time, but not after one of them ran out of time.
+
+    Broke: each was tried, and each trial held every cold call for its whole
+    time. A callable using pyroute2 (whose import caches the host name, so its
+    batch is refused) made the zygote try pyroute2's submodules one after
+    another, 2 s each: cold calls took 2.7-5 s instead of a fraction of one.
+    """
+    directory, suffix = modules_dir
+    log = directory / "imported"
+    names = [f"nswt_slow{i}_{suffix}" for i in range(4)]
+    for name in names:
+        _write_module(directory, name, f"import time\nopen({str(log)!r}, 'a').write({name!r} + ' ')\ntime.sleep(60)\n")
+    code = textwrap.dedent(f"""
+        import socket, sys
+        sys.path.insert(0, {str(directory)!r})
+        from nsworkers import _zygote
+        caller, ctl = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)  # caller kept: no hang-up
+        zygote = _zygote._Zygote(ctl, 0)
+        zygote.trial_timeout = 0.2
+        zygote.singly.update((name, {str(directory)!r} + "/" + name + ".py") for name in {names!r})
+        tried = 0
+        while zygote.singly and tried < 10:
+            zygote.learn_singly()
+            tried += 1
+        print(tried, [zygote.refused.get(name) for name in {names!r}])
+    """)
+    done = run_python(code)  # a fresh interpreter, single-threaded as the zygote is: the trial forks
+    assert done.returncode == 0, done.stderr
+    gave_up = _zygote._GAVE_UP_SINGLY
+    assert done.stdout.strip() == f"1 {[_zygote.TRIAL_TOO_SLOW, gave_up, gave_up, gave_up]}"
+    imported = log.read_text().split() if log.exists() else []  # the one trial may be killed before it writes
+    assert set(imported) <= {names[0]}  # no trial imported the others
+
+
+@pytest.mark.privileged
 def test_dill_is_learned_after_the_first_call_that_needed_it(make_netns: Callable[[], str]) -> None:
     # Broke (the trial's walk of what an import made, before C data was left out): dill's
     # ctypes function pointers hold addresses, never the same in two imports, so dill was

@@ -549,6 +549,10 @@ TRIAL_VERDICTS = {
 }
 
 
+TRIAL_TOO_SLOW = "its import did not finish in time"
+_GAVE_UP_SINGLY = "not tried alone: a module of its batch was too slow to import on its own"
+
+
 def trial_import(
     chain: tuple[tuple[str, str], ...], timeout: float = _TRIAL_TIMEOUT, reload: bool = False, hangup: int = -1
 ) -> str | None:
@@ -593,7 +597,7 @@ def trial_import(
                     status = wait_status
                     break
                 remaining = deadline - time.monotonic()
-                gave_up = "its import did not finish in time" if remaining <= 0 else None
+                gave_up = TRIAL_TOO_SLOW if remaining <= 0 else None
                 waited = [] if gave_up is not None or pidfd < 0 else poller.poll(max(1, int(remaining * 1000)))
                 if any(fd == hangup for fd, _ in waited):
                     gave_up = "the caller went away during the trial"
@@ -724,6 +728,23 @@ class _Zygote:
         self.learned.update(name for name, _ in batch)
         gc.freeze()  # as at start: what workers inherit stays shared
         return True
+
+    def learn_singly(self) -> bool:
+        """Try the next module of a refused batch alone; True if it was learned.
+
+        A trial that runs out of time ends this for the batch: each such trial
+        held every cold call for its whole time, and the rest of a batch is
+        mostly the same slow package (pyroute2's submodules: 2 s each, one
+        after another, for every reported one). The rest is refused untried,
+        so that later workers' reports do not queue it again.
+        """
+        name, origin = self.singly.popitem(last=False)
+        learned = self.learn(((name, origin),))
+        if self.refused.get(name) == TRIAL_TOO_SLOW:
+            while self.singly and len(self.refused) < _MAX_REFUSED:
+                self.refused[self.singly.popitem(last=False)[0]] = _GAVE_UP_SINGLY
+            self.singly.clear()
+        return learned
 
     def relearn(self, chain: tuple[tuple[str, str], ...]) -> bool:
         """The caller reloaded a learned module: reload ours, or later workers would run the code it replaced.
@@ -928,7 +949,7 @@ class _Zygote:
                     stale_spares = stale_spares or learned
                 else:
                     learned = False
-                    stale_spares = self.learn((self.singly.popitem(last=False),)) or stale_spares
+                    stale_spares = self.learn_singly() or stale_spares
                 if stale_spares and (learned or not self.singly):  # a batch: now; one at a time: at the end
                     stale_spares = False
                     while self.spares:  # forked before: a fresh fork is cheaper than their import
