@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import os
 import random
 import signal
@@ -476,27 +477,86 @@ def test_calls_a_stop_cancelled_in_the_queue_are_done_for_wait(netns: str, tmp_p
     assert running.done()
 
 
-def test_a_drain_thread_that_never_started_does_not_break_shutdown(
-    pool: Pool, netns: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_drain_thread_that_never_started_does_not_break_shutdown(netns: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """``submit()`` stopped between listing a new drain thread and starting it.
 
     A second Ctrl-C can land there, and so can "can't start new thread" at a
     thread limit. Broke: ``shutdown()`` then raised "cannot join thread
-    before it is started" (a traceback after two Ctrl-C in ``watch``).
+    before it is started" (a traceback after two Ctrl-C in ``watch``); and
+    the thread that never started kept its place under the limit, so with
+    ``max_workers=1`` no later call ever ran (found by helper-16's review).
     """
-    worker = pool.run(netns, pid)  # the zygote and its reader thread are up: the next thread started is a drain
-    start = threading.Thread.start
+    with Pool(max_workers=1) as pool:
+        worker = pool.run(netns, pid)  # the zygote and its reader thread are up: the next thread started is a drain
+        start = threading.Thread.start
 
-    def fail_once(self: threading.Thread) -> None:
-        monkeypatch.setattr(threading.Thread, "start", start)
-        raise RuntimeError("can't start new thread")
+        def fail_once(self: threading.Thread) -> None:
+            monkeypatch.setattr(threading.Thread, "start", start)
+            raise RuntimeError("can't start new thread")
 
-    monkeypatch.setattr(threading.Thread, "start", fail_once)
-    with pytest.raises(RuntimeError, match="can't start new thread"):
-        pool.submit(netns, pid)
-    assert pool.submit(netns, pid).result(timeout=60) == worker  # the pool is as it was
-    pool.shutdown()
+        monkeypatch.setattr(threading.Thread, "start", fail_once)
+        with pytest.raises(RuntimeError, match="can't start new thread"):
+            pool.submit(netns, pid)
+        assert pool.submit(netns, pid).result(timeout=60) == worker  # the pool is as it was
+
+
+def test_a_handler_that_stops_the_pool_inside_submit_does_not_deadlock(
+    netns: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A signal handler that calls ``kill_workers()`` while the main thread is inside ``submit()``.
+
+    Broke: ``submit()`` started drain threads under the dispatcher's lock,
+    and ``Thread.start()`` waits in Python code, where handlers run; the
+    handler's ``kill_workers()`` then waited for that same lock for ever.
+    Here the "handler" runs where ``submit()`` starts a thread.
+    """
+    with Pool() as pool:
+        pool.run(netns, pid)
+        reserve = _dispatch._Threads.reserve
+
+        def handler_runs_here(self: _dispatch._Threads) -> None:
+            monkeypatch.setattr(_dispatch._Threads, "reserve", reserve)
+            pool.kill_workers()
+            reserve(self)
+
+        monkeypatch.setattr(_dispatch._Threads, "reserve", handler_runs_here)
+        try:
+            future = pool.submit(netns, pid)
+        except PoolClosedError:
+            return
+        concurrent.futures.wait([future], timeout=60)  # a detector of a hang, not a timing
+        assert future.done()
+
+
+def test_a_done_callback_that_raises_keyboardinterrupt_does_not_hang_shutdown(netns: str, tmp_path: Path) -> None:
+    """``shutdown(cancel_futures=True)`` cancels queued calls; one's done-callback raises KeyboardInterrupt.
+
+    ``Future`` catches only ``Exception`` from a callback. Broke: the
+    interrupt ended the loop over the queued calls, already taken out of
+    their queues: the rest were never cancelled nor counted out, and
+    ``shutdown(wait=True)`` waited for them for ever (found by helper-16).
+    """
+    started, gate = tmp_path / "started", tmp_path / "gate"
+    pool = Pool()
+    try:
+        pool.submit(netns, started_then_wait, str(started), str(gate), "ran")
+        assert wait_for(started.exists)
+        queued = [pool.submit(netns, pid) for _ in range(3)]
+
+        def interrupt(_: object) -> None:
+            raise KeyboardInterrupt
+
+        queued[0].add_done_callback(interrupt)
+        with contextlib.suppress(KeyboardInterrupt):
+            pool.shutdown(wait=False, cancel_futures=True)
+        assert not concurrent.futures.wait(queued, timeout=60).not_done  # a detector of a hang, not a timing
+    finally:
+        gate.touch()
+        closer = threading.Thread(target=pool.shutdown)
+        closer.start()
+        closer.join(120)  # a detector of a hang, not a timing
+        hung = closer.is_alive()
+    assert not hung, "shutdown(wait=True) waited for calls that were never counted out"
 
 
 # -- pool.executor(target) ----------------------------------------------------------

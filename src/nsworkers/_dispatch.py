@@ -161,19 +161,25 @@ class _Threads:
         self.put = self._queue.put  # after reserve(); a C call: done whole or not at all
         self._idle = 0  # threads waiting for work, not yet promised a job
         self._threads: list[threading.Thread] = []
+        self._unlisted = 0  # threads whose start() failed or was interrupted: some may run all the same
         self._lock = threading.Lock()
 
     def reserve(self) -> None:
         """Make sure a thread will take the next :attr:`put`: promise an idle one, or start one.
 
         Called before the put, which is one C call: a signal handler's exception
-        in between costs at most a thread that waits for work, never work that
-        waits for a thread.
+        in between costs at most a thread that waits for work. At the limit the
+        put waits for a thread to finish its job.
         """
         with self._lock:
             if self._idle:
                 self._idle -= 1
                 return
+            # A thread never started (its start() raised: "can't start new thread", or a signal's
+            # exception) must not hold a place under the limit: with all places held, no drain ran.
+            started = [thread for thread in self._threads if thread.ident is not None]
+            self._unlisted += len(self._threads) - len(started)
+            self._threads = started
             if len(self._threads) < self._limit:
                 thread = threading.Thread(
                     target=self._loop, name=f"nsworkers-drain-{len(self._threads) + 1}", daemon=True
@@ -192,10 +198,16 @@ class _Threads:
             with self._lock:
                 self._idle += 1
 
+    def unreserve(self) -> None:
+        """Give back what :meth:`reserve` promised, unused."""
+        with self._lock:
+            self._idle += 1
+
     def shutdown(self, join: bool) -> None:
         with self._lock:
             threads, self._threads = self._threads, []
-        for _ in threads:
+            unlisted, self._unlisted = self._unlisted, 0
+        for _ in range(len(threads) + unlisted):  # one each, also for any unlisted one that runs
             self._queue.put(None)
         if join:
             current = threading.current_thread()
@@ -229,20 +241,30 @@ class Dispatcher:
         call (CPython checks for one there). So the drain is sent first, then
         ``job.queued`` is set with no call between it and the queueing: an
         exception in between leaves that drain an empty queue, which it
-        leaves at once, and the job the caller's to count out.
+        leaves at once, and the job the caller's to count out. Under the lock
+        only C code runs (but for a rare :meth:`_Threads.reserve`): a handler
+        that calls into the pool there would wait for the lock for ever.
         """
         key = job.target.key
+        seen = self._queues.get(key)  # a look without the lock: is a drain likely needed?
+        reserved = seen is None or seen.drains < self._per_ns
+        if reserved:
+            self._threads.reserve()  # may start a thread: not under our lock
+        fresh = _Queue()
+        drain = None
         with self._lock:
-            queue = self._queues.get(key)
-            if queue is None:
-                queue = self._queues[key] = _Queue()
+            queue = self._queues.setdefault(key, fresh)
             if queue.drains < self._per_ns:
                 drain = functools.partial(self._drain, key, queue)
-                self._threads.reserve()
+                if not reserved:
+                    self._threads.reserve()  # a drain ended since the look
+                    reserved = True
                 queue.drains += 1
                 self._threads.put(drain)
             job.queued = True
             queue.jobs.append(job)
+        if reserved and drain is None:
+            self._threads.unreserve()  # a drain started since the look
 
     def _drain(self, key: Key, queue: _Queue) -> None:
         while True:
@@ -271,19 +293,50 @@ class Dispatcher:
         else:
             _settle(future, result, False)
 
-    def cancel_queued(self) -> int:
-        """Cancel every job not started yet; returns how many."""
+    def cancel_queued(self) -> None:
+        """Cancel every job not started yet.
+
+        In the main thread, a helper thread does it: a signal handler's exception
+        there, once the jobs were taken out of their queues, left the rest
+        pending and counted for ever (``shutdown(wait=True)`` then hung). What
+        a done-callback raised is raised here, once every job is done with.
+        """
+        if threading.current_thread() is not threading.main_thread():
+            self._cancel_queued()
+            return
+        raised: list[BaseException] = []
+
+        def cancel() -> None:
+            try:
+                self._cancel_queued()
+            except BaseException as exc:
+                raised.append(exc)
+
+        helper = threading.Thread(target=cancel, name="nsworkers-cancel", daemon=True)
+        helper.start()
+        helper.join()
+        if raised:
+            raise raised[0]
+
+    def _cancel_queued(self) -> None:
         with self._lock:
             jobs = [job for queue in self._queues.values() for job in queue.jobs]
             for queue in self._queues.values():
                 queue.jobs.clear()
-        for job in jobs:
-            if job.future.cancel_pending():
-                # CANCELLED_AND_NOTIFIED, as a drain that met it would leave it: only then do
-                # concurrent.futures.wait() and as_completed() count it done (they hung).
-                job.future.set_running_or_notify_cancel()
-            self._dropped(job.call)
-        return len(jobs)
+        first: BaseException | None = None
+        for job in jobs:  # each one, whatever a done-callback raises (KeyboardInterrupt gets past Future's catch)
+            try:
+                job.future.cancel_pending()
+            except BaseException as exc:
+                first = first or exc
+            finally:
+                if job.future._state == CANCELLED:
+                    # CANCELLED_AND_NOTIFIED, as a drain that met it would leave it: only then do
+                    # concurrent.futures.wait() and as_completed() count it done (they hung).
+                    job.future.set_running_or_notify_cancel()
+                self._dropped(job.call)
+        if first is not None:
+            raise first
 
     def shutdown(self, join: bool) -> None:
         self._threads.shutdown(join)

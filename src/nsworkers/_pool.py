@@ -29,6 +29,7 @@ import time
 import warnings
 import weakref
 from collections.abc import Callable, Iterable, Iterator
+from queue import Empty, SimpleQueue
 from typing import TYPE_CHECKING, Any, NamedTuple, ParamSpec, TypeVar
 
 if TYPE_CHECKING:
@@ -325,8 +326,11 @@ class Pool(_Caller):
     def _init_state(self) -> None:
         self._sched = Scheduler(self._max_workers, self._per_ns)
         self._dispatch = Dispatcher(self._execute, self._leave, self._per_ns, self._max_workers)
-        self._state_lock = threading.Lock()
-        self._state = threading.Condition(self._state_lock)  # guards the call count and the flags below
+        self._state_lock = threading.Lock()  # guards the calls and the flags below
+        # A call ended while closing: _finish looks again. A C queue, not a Condition on the lock:
+        # a Condition's wait() releases and retakes the lock in Python code, where a signal's
+        # exception can leave it released, or release it under another thread.
+        self._wake: SimpleQueue[None] = SimpleQueue()
         # Calls running or queued (their Call objects): a set, so that counting one out is idempotent,
         # and both adding and removing are one C call, whole or not done, wherever a signal lands.
         self._calls: set[Call] = set()
@@ -425,9 +429,8 @@ class Pool(_Caller):
         call of this pool, it cannot wait for that thread's own call: it
         returns at once and the pool closes in the background.
         """
-        with self._state:
+        with self._state_lock:
             self._closing = True
-            self._state.notify_all()
         if cancel_futures:
             self._dispatch.cancel_queued()
         if wait and not in_pool_thread() and not getattr(_in_call, "depth", 0):
@@ -463,11 +466,10 @@ class Pool(_Caller):
             # Maybe a signal handler that interrupted a call of ours (holding a lock we need).
             threading.Thread(target=self._force, args=(name, signum), name="nsworkers-kill", daemon=True).start()
             return
-        with self._state:
+        with self._state_lock:
             if self._forced is None:
                 self._forced = name
             self._closing = True
-            self._state.notify_all()
             for worker in self._initializing:  # under the lock: its starter takes it out before closing it
                 _signal(worker, signum)
         self._dispatch.cancel_queued()
@@ -509,8 +511,7 @@ class Pool(_Caller):
 
     def _closed_when_done(self) -> None:
         if self._closing and not self._calls:
-            with self._state:
-                self._state.notify_all()
+            self._wake.put(None)
 
     # -- the call path ------------------------------------------------------
 
@@ -536,8 +537,11 @@ class Pool(_Caller):
     ) -> Future[Any]:
         resolved = resolve(target)
         job = self._dispatch.job(resolved, Call(fn, args, kwargs), timeout)
+        # A signal handler that shuts the pool down from here must not wait for this call: only
+        # this frame, stopped under the handler, can queue it or count it out.
+        _in_call.depth = getattr(_in_call, "depth", 0) + 1
         try:
-            with self._state_lock:  # the lock itself, not the Condition: this is on every call's path
+            with self._state_lock:
                 if self._closing:
                     raise PoolClosedError("the pool is shut down")
                 self._calls.add(job.call)
@@ -547,6 +551,8 @@ class Pool(_Caller):
                 self._calls.discard(job.call)
                 self._closed_when_done()
             raise
+        finally:
+            _in_call.depth -= 1
         return job.future
 
     def _execute(
@@ -870,7 +876,7 @@ class Pool(_Caller):
     def _start_reaper(self) -> None:
         if self._reaper is not None or self._idle_timeout is None:
             return
-        with self._state:
+        with self._state_lock:
             if self._reaper is not None or self._closing:
                 return
             self._reaper = threading.Thread(
@@ -889,10 +895,13 @@ class Pool(_Caller):
         return wait
 
     def _finish(self) -> None:
-        with self._state:
-            while self._calls:
-                # Also on a timer: the notify comes from the caller's thread, where a signal can stop it.
-                self._state.wait(_FINISH_POLL)
+        while self._calls:  # none is added once closing
+            try:
+                # Also on a timer: the wake-up may come from the caller's thread, where a signal can stop it.
+                self._wake.get(timeout=_FINISH_POLL)
+            except Empty:
+                pass
+        with self._state_lock:
             if self._closed:
                 return
             self._closed = True
