@@ -559,6 +559,64 @@ def test_a_done_callback_that_raises_keyboardinterrupt_does_not_hang_shutdown(ne
     assert not hung, "shutdown(wait=True) waited for calls that were never counted out"
 
 
+def test_a_handler_that_shuts_down_just_after_a_call_is_counted_gets_a_typed_error(netns: str) -> None:
+    """A handler runs after any C call: here, after ``submit()`` counts its call in, it shuts the pool down.
+
+    Broke (593eb5d, found by helper-17): the call was counted in under the
+    pool's state lock, so the handler's ``shutdown()`` waited for that lock,
+    held by its own thread, for ever.
+    """
+
+    class HandlerAfterAdd(set):  # type: ignore[type-arg]
+        def add(self, call: object) -> None:
+            super().add(call)
+            pool.shutdown(wait=False)  # what a handler landing right after the add would do
+
+    pool = Pool()
+    pool.run(netns, pid)
+    pool._calls = HandlerAfterAdd()
+    with pytest.raises(PoolClosedError):
+        pool.submit(netns, pid)
+    pool.shutdown()
+
+
+def _raise_keyboardinterrupt(_: object) -> None:
+    raise KeyboardInterrupt
+
+
+def test_kill_workers_kills_even_when_a_done_callback_raises_keyboardinterrupt(netns: str, tmp_path: Path) -> None:
+    """``kill_workers()`` cancels a queued call whose done-callback raises, then still kills the workers.
+
+    Broke (found by helper-17): the callback's KeyboardInterrupt left
+    ``kill_workers()`` before any worker was signalled; the running call
+    went on for ever.
+    """
+    pool = Pool()
+    running = pool.submit(netns, started_then_block, str(tmp_path / "started"))
+    wait_started(tmp_path / "started")
+    queued = pool.submit(netns, pid)
+    queued.add_done_callback(_raise_keyboardinterrupt)
+    with contextlib.suppress(KeyboardInterrupt):
+        pool.kill_workers()
+    assert isinstance(running.exception(timeout=60), WorkerCrashedError)
+    pool.shutdown()
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # reported, by design
+def test_a_done_callback_that_raises_keyboardinterrupt_does_not_end_the_namespaces_drain(netns: str) -> None:
+    """A call ends normally; its done-callback raises KeyboardInterrupt in the drain thread.
+
+    Broke (found by helper-17): the exception ended the drain thread with
+    the namespace's drain still counted, so no later call to that namespace
+    ever ran.
+    """
+    with Pool() as pool:
+        first = pool.submit(netns, pid)
+        first.add_done_callback(_raise_keyboardinterrupt)
+        worker = first.result(timeout=60)
+        assert pool.submit(netns, pid).result(timeout=60) == worker
+
+
 # -- pool.executor(target) ----------------------------------------------------------
 
 

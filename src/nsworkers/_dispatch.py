@@ -18,6 +18,7 @@ from __future__ import annotations
 import collections
 import functools
 import itertools
+import sys
 import threading
 import time
 import weakref
@@ -143,6 +144,12 @@ _in_pool_thread = threading.local()
 def in_pool_thread() -> bool:
     """True in a thread of a pool (a drain thread): it must not wait for the pool's own calls to end."""
     return getattr(_in_pool_thread, "value", False)
+
+
+def as_pool_thread(fn: Callable[..., object], *args: object) -> None:
+    """Run *fn* as a thread of the pool: a done-callback it runs that shuts the pool down does not wait."""
+    _in_pool_thread.value = True
+    fn(*args)
 
 
 class _Threads:
@@ -275,7 +282,11 @@ class Dispatcher:
                         del self._queues[key]
                     return
                 job = queue.jobs.popleft()
-            self.run(job)
+            try:
+                self.run(job)
+            except BaseException:  # a done-callback's KeyboardInterrupt or SystemExit (Future lets them through)
+                # Reported, not raised: it would end this drain, and its namespace would never drain again.
+                threading.excepthook(threading.ExceptHookArgs((*sys.exc_info(), threading.current_thread())))
             del job
 
     def run(self, job: _Job) -> None:
@@ -307,6 +318,7 @@ class Dispatcher:
         raised: list[BaseException] = []
 
         def cancel() -> None:
+            _in_pool_thread.value = True  # a done-callback's shutdown() must not wait for calls this counts out
             try:
                 self._cancel_queued()
             except BaseException as exc:

@@ -38,7 +38,15 @@ if TYPE_CHECKING:
 from . import _messages as m
 from . import _sys
 from ._calls import KEEPS_WORKER, REPLY_KINDS, Call, Failure, settle
-from ._dispatch import CallCancelled, CallFuture, Dispatcher, NamespaceExecutor, in_pool_thread, map_unordered
+from ._dispatch import (
+    CallCancelled,
+    CallFuture,
+    Dispatcher,
+    NamespaceExecutor,
+    as_pool_thread,
+    in_pool_thread,
+    map_unordered,
+)
 from ._scheduler import BUSY, Abandoned, Reservation, Scheduler, Ticket, Worker
 from ._spawners import ForkSpawner, Spawner, ZygoteSpawner, describe_status
 from ._target import Key, TargetLike, resolve
@@ -431,9 +439,19 @@ class Pool(_Caller):
         """
         with self._state_lock:
             self._closing = True
-        if cancel_futures:
-            self._dispatch.cancel_queued()
-        if wait and not in_pool_thread() and not getattr(_in_call, "depth", 0):
+        depth = getattr(_in_call, "depth", 0)
+        try:
+            if cancel_futures and depth and threading.current_thread() is threading.main_thread():
+                # Maybe a handler that interrupted a call of ours holding the dispatcher's lock.
+                threading.Thread(
+                    target=as_pool_thread, args=(self._dispatch.cancel_queued,), name="nsworkers-cancel", daemon=True
+                ).start()
+            elif cancel_futures:
+                self._dispatch.cancel_queued()
+        except BaseException:  # a done-callback's KeyboardInterrupt: the pool still closes
+            threading.Thread(target=self._finish, name="nsworkers-shutdown", daemon=True).start()
+            raise
+        if wait and not in_pool_thread() and not depth:
             self._finish()
         else:
             threading.Thread(target=self._finish, name="nsworkers-shutdown", daemon=True).start()
@@ -464,7 +482,9 @@ class Pool(_Caller):
         depth: int = getattr(_in_call, "depth", 0)
         if depth and threading.current_thread() is threading.main_thread():
             # Maybe a signal handler that interrupted a call of ours (holding a lock we need).
-            threading.Thread(target=self._force, args=(name, signum), name="nsworkers-kill", daemon=True).start()
+            threading.Thread(
+                target=as_pool_thread, args=(self._force, name, signum), name="nsworkers-kill", daemon=True
+            ).start()
             return
         with self._state_lock:
             if self._forced is None:
@@ -472,14 +492,16 @@ class Pool(_Caller):
             self._closing = True
             for worker in self._initializing:  # under the lock: its starter takes it out before closing it
                 _signal(worker, signum)
-        self._dispatch.cancel_queued()
-        # Each worker is signalled under the scheduler's lock, before any caller can release it
-        # and close its pidfd. An idle one is ours to close now; a busy one, its caller's.
-        for worker in self._sched.close(each=functools.partial(_signal, signum=signum)):
-            if worker.state != BUSY:
-                worker.conn.chan.close()
-                self._spawner.forget(worker.pid)
-        self.shutdown(wait=False)
+        try:
+            self._dispatch.cancel_queued()
+        finally:  # also when a done-callback raised (KeyboardInterrupt): the workers are signalled all the same
+            # Each worker is signalled under the scheduler's lock, before any caller can release it
+            # and close its pidfd. An idle one is ours to close now; a busy one, its caller's.
+            for worker in self._sched.close(each=functools.partial(_signal, signum=signum)):
+                if worker.state != BUSY:
+                    worker.conn.chan.close()
+                    self._spawner.forget(worker.pid)
+            self.shutdown(wait=False)
 
     def __enter__(self) -> Pool:
         return self
@@ -503,6 +525,18 @@ class Pool(_Caller):
     # also at the start of any Python function: so a call is added inside the ``try`` whose
     # ``finally`` removes it, and removed before anything else is called there. A count that
     # lost or gained one made ``shutdown()`` wait for ever.
+
+    def _count_in(self, call: Call) -> None:
+        """Count *call* in, unless the pool is closing; called inside the ``try`` that counts it out.
+
+        No lock: a handler runs after a C call such as the add, and one that
+        shut the pool down would wait for a lock its own thread held. Added
+        before the look at ``_closing``: shutdown() sets it, then looks at the
+        calls, so one of the two sees the other.
+        """
+        self._calls.add(call)
+        if self._closing:
+            raise PoolClosedError("the pool is shut down")  # the caller's finally/except counts it out
 
     def _leave(self, call: Call) -> None:
         """Count out a call that ended without running (a cancelled job); in a pool thread."""
@@ -541,10 +575,7 @@ class Pool(_Caller):
         # this frame, stopped under the handler, can queue it or count it out.
         _in_call.depth = getattr(_in_call, "depth", 0) + 1
         try:
-            with self._state_lock:
-                if self._closing:
-                    raise PoolClosedError("the pool is shut down")
-                self._calls.add(job.call)
+            self._count_in(job.call)
             self._dispatch.submit(job)
         except BaseException:
             if not job.queued:  # else its drain counts it out
@@ -581,10 +612,7 @@ class Pool(_Caller):
         _in_call.depth = getattr(_in_call, "depth", 0) + 1
         try:
             if enter:
-                with self._state_lock:
-                    if self._closing:
-                        raise PoolClosedError("the pool is shut down")
-                    self._calls.add(call)
+                self._count_in(call)
             deadline = None if timeout is None else _monotonic() + timeout
             for attempt in (0, 1):
                 try:
