@@ -923,7 +923,7 @@ class Pool(_Caller):
         return wait
 
     def _finish(self) -> None:
-        while self._calls:  # none is added once closing
+        while self._calls:  # one added once closing sees _closing and is taken out again
             try:
                 # Also on a timer: the wake-up may come from the caller's thread, where a signal can stop it.
                 self._wake.get(timeout=_FINISH_POLL)
