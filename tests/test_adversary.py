@@ -224,6 +224,7 @@ def test_pool_stays_usable_after_a_storm_of_interrupted_calls(make_netns: Callab
         pool.shutdown(wait=False)
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the handler fires in GC callbacks too
 def test_submit_result_under_a_storm_of_interrupts_loses_no_call(make_netns: Callable[[], str]) -> None:
     """``submit().result()`` in a main thread that signal handlers' exceptions keep interrupting.
 
