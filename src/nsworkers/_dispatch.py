@@ -318,9 +318,8 @@ class Dispatcher:
         raised: list[BaseException] = []
 
         def cancel() -> None:
-            _in_pool_thread.value = True  # a done-callback's shutdown() must not wait for calls this counts out
-            try:
-                self._cancel_queued()
+            try:  # as the pool's: a done-callback's shutdown() must not wait for calls this counts out
+                as_pool_thread(self._cancel_queued)
             except BaseException as exc:
                 raised.append(exc)
 
