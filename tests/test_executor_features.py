@@ -559,6 +559,32 @@ def test_a_done_callback_that_raises_keyboardinterrupt_does_not_hang_shutdown(ne
     assert not hung, "shutdown(wait=True) waited for calls that were never counted out"
 
 
+def test_a_stop_from_a_users_thread_whose_done_callback_shuts_down_does_not_hang(netns: str, tmp_path: Path) -> None:
+    """A user's own thread cancels queued calls; one's done-callback calls ``shutdown(wait=True)``.
+
+    Broke: outside the main thread the cancelling loop ran in the caller's
+    thread, not marked as the pool's, so the callback's ``shutdown()`` waited
+    for the queued calls that very loop had yet to count out: for ever.
+    """
+    started, gate = tmp_path / "started", tmp_path / "gate"
+    pool, hung = Pool(), False
+    try:
+        pool.submit(netns, started_then_wait, str(started), str(gate), "ran")
+        assert wait_for(started.exists)
+        queued = [pool.submit(netns, pid) for _ in range(3)]
+        queued[0].add_done_callback(lambda _: pool.shutdown(wait=True))
+        stopper = threading.Thread(target=pool.shutdown, kwargs={"wait": False, "cancel_futures": True})
+        stopper.start()
+        gate.touch()
+        stopper.join(60)  # a detector of a hang, not a timing
+        hung = stopper.is_alive()
+        assert not hung, "the done-callback's shutdown(wait=True) waited for calls its own stop had to count out"
+        assert all(future.cancelled() for future in queued)
+    finally:
+        gate.touch()
+        pool.shutdown(wait=not hung)
+
+
 def test_a_handler_that_shuts_down_just_after_a_call_is_counted_gets_a_typed_error(netns: str) -> None:
     """A handler runs after any C call: here, after ``submit()`` counts its call in, it shuts the pool down.
 

@@ -311,9 +311,17 @@ class Dispatcher:
         there, once the jobs were taken out of their queues, left the rest
         pending and counted for ever (``shutdown(wait=True)`` then hung). What
         a done-callback raised is raised here, once every job is done with.
+        Either way the loop runs as the pool's thread (see :func:`as_pool_thread`).
         """
         if threading.current_thread() is not threading.main_thread():
-            self._cancel_queued()
+            # No signal lands here; still the pool's for the loop: a done-callback's
+            # shutdown(wait=True) waited for the very calls the loop had yet to count out.
+            was = in_pool_thread()
+            _in_pool_thread.value = True
+            try:
+                self._cancel_queued()
+            finally:
+                _in_pool_thread.value = was
             return
         raised: list[BaseException] = []
 
