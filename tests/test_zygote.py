@@ -12,6 +12,7 @@ import socket
 import sys
 import textwrap
 import time
+import types
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -286,21 +287,77 @@ def test_once_a_trial_runs_out_of_time_the_rest_of_its_batch_is_not_tried_alone(
     assert set(imported) <= {names[0]}  # no trial imported the others
 
 
+def _lazy_modules(modules_dir: tuple[Path, str], tag: str) -> tuple[str, str, types.ModuleType]:
+    """Two modules a callable imports as it runs, the first starting a thread: their names, the callable's module."""
+    directory, suffix = modules_dir
+    threads, plain, caller = (f"nswt_{tag}{kind}_{suffix}" for kind in ("threads", "plain", "caller"))
+    _write_module(directory, threads, _STARTS_A_THREAD)
+    _write_module(directory, plain, "import os\nIMPORTED_BY = os.getpid()\n")
+    source = f"""
+        import importlib, os
+
+        def lazily():
+            started = importlib.import_module("{threads}")
+            try:
+                return importlib.import_module("{plain}").IMPORTED_BY, os.getpid()
+            finally:
+                started.stop.set()
+        """
+    _write_module(directory, caller, source)
+    return threads, plain, importlib.import_module(caller)
+
+
+def _trial_log(path: Path) -> list[tuple[str, str, list[str]]]:
+    """``$NSWORKERS_TRIAL_LOG``'s lines: (event, verdict, module names)."""
+    if not path.exists():
+        return []
+    entries = []
+    for line in path.read_text().splitlines():
+        _time, event, verdict, names = line.split("\t")
+        entries.append((event, verdict, names.split()))
+    return entries
+
+
 @pytest.mark.privileged
-def test_dill_is_learned_after_the_first_call_that_needed_it(make_netns: Callable[[], str]) -> None:
+def test_the_trial_log_says_what_was_learned_and_why_a_module_was_not(
+    modules_dir: tuple[Path, str], make_netns: Callable[[], str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    threads, plain, module = _lazy_modules(modules_dir, "log")
+    caller = module.__name__
+    log = tmp_path / "trials"
+    monkeypatch.setenv(_zygote.TRIAL_LOG_ENV, str(log))
+    first, second = (f"/run/netns/{make_netns()}" for _ in range(2))
+    with nsworkers.Pool(max_tasks_per_worker=1) as pool:  # a fresh worker for every call
+        pool.run(first, module.lazily)
+        assert wait_for(lambda: plain in _modules_of_a_new_worker(pool, second))
+    entries = _trial_log(log)
+    assert ("alone", "learned", [caller]) in entries  # the callable's own module, before its first worker
+    reports = [names for event, verdict, names in entries if event == "report" and verdict == "queued"]
+    assert any(threads in names and plain in names for names in reports), entries
+    assert any(event == "batch" and verdict != "learned" and threads in names for event, verdict, names in entries)
+    refused = _zygote.TRIAL_VERDICTS[3]  # started a thread
+    assert entries.index(("alone", refused, [threads])) < entries.index(("alone", "learned", [plain])), entries
+
+
+@pytest.mark.privileged
+def test_dill_is_learned_after_the_first_call_that_needed_it(
+    make_netns: Callable[[], str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # Broke (the trial's walk of what an import made, before C data was left out): dill's
     # ctypes function pointers hold addresses, never the same in two imports, so dill was
     # refused and every worker sent a lambda imported dill and its ~50 modules itself.
     # And on 3.13 (before times in nanoseconds were a marker): logging._startTime.
     # Under CI with bench.churn, the first worker's lesson was missing twice in six runs (3.10, 3.11),
     # cause not found: its report (sent MSG_DONTWAIT) lost, or one trial refused. A second worker's
-    # report must then teach it; a zygote that refused dill for good still fails here.
+    # report must then teach it; a zygote that refused dill for good still fails here, with its log.
+    log = tmp_path / "trials"
+    monkeypatch.setenv(_zygote.TRIAL_LOG_ENV, str(log))
     first, again, second = (f"/run/netns/{make_netns()}" for _ in range(3))
     with nsworkers.Pool() as pool:
         assert pool.run(first, lambda: 1) == 1  # code by value: its worker imports dill
         if "dill" not in _modules_of_a_new_worker(pool, second):
             assert pool.run(again, lambda: 2) == 2
-        assert "dill" in _modules_of_a_new_worker(pool, f"/run/netns/{make_netns()}")
+        assert "dill" in _modules_of_a_new_worker(pool, f"/run/netns/{make_netns()}"), _trial_log(log)
 
 
 @pytest.mark.privileged
@@ -355,22 +412,7 @@ def test_modules_a_first_call_imports_are_learned_but_not_one_that_starts_a_thre
 ) -> None:
     # The worker reports what its first call imported; the zygote learns it between requests,
     # with the same trial as for a callable's own module, in the order the call imported them.
-    directory, suffix = modules_dir
-    threads, plain, caller = (f"nswt_{kind}_{suffix}" for kind in ("lazythreads", "lazyplain", "lazycaller"))
-    _write_module(directory, threads, _STARTS_A_THREAD)
-    _write_module(directory, plain, "import os\nIMPORTED_BY = os.getpid()\n")
-    source = f"""
-        import importlib, os
-
-        def lazily():
-            started = importlib.import_module("{threads}")
-            try:
-                return importlib.import_module("{plain}").IMPORTED_BY, os.getpid()
-            finally:
-                started.stop.set()
-        """
-    _write_module(directory, caller, source)
-    module = importlib.import_module(caller)
+    threads, plain, module = _lazy_modules(modules_dir, "lazy")
     first, second = (f"/run/netns/{make_netns()}" for _ in range(2))
     with nsworkers.Pool(max_tasks_per_worker=1) as pool:  # a fresh worker for every call
         imported_by, worker = pool.run(first, module.lazily)

@@ -41,7 +41,7 @@ import socket
 import sys
 import time
 import types
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import _sys, _worker
 from ._messages import (
@@ -60,6 +60,9 @@ from ._messages import (
 )
 from ._sys import recv_fds
 
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
 _MAX_STATUSES = 4096
 _EXIT_GRACE = 1.0  # seconds a worker that closed its channel gets to finish exiting
 KILL_GRACE = 0.2  # seconds a waiter gives a SIGKILLed child to exit (one in uninterruptible sleep cannot yet)
@@ -71,6 +74,9 @@ _MAX_REFUSED = 1024  # modules remembered as not to be imported here (never trie
 _TRIAL_TIMEOUT = 2.0
 #: The environment variable (read by the zygote as it starts) that sets the trial's time instead.
 TRIAL_TIMEOUT_ENV = "NSWORKERS_TRIAL_TIMEOUT"
+#: The environment variable naming a file the zygote appends a line to for each report it
+#: reads and each verdict on what to learn: why a module was not learned, for whoever asks.
+TRIAL_LOG_ENV = "NSWORKERS_TRIAL_LOG"
 _PR_SET_CHILD_SUBREAPER = 36
 _MAX_REPORTS = 64  # workers' report sockets kept open at once (see _Zygote.read_report)
 _MAX_QUEUED = 1024  # reported modules waiting to be learned
@@ -645,7 +651,26 @@ class _Zygote:
         self.singly: collections.OrderedDict[str, str] = collections.OrderedDict()  # of a refused batch: tried alone
         self.poller = select.poll()  # the control socket and the report sockets
         self.trial_timeout = trial_timeout()
+        self.log_path = os.environ.get(TRIAL_LOG_ENV, "")
         self.poller.register(ctl, select.POLLIN)
+
+    def note(self, event: str, names: Iterable[str], verdict: str | None) -> None:
+        """Append to ``$NSWORKERS_TRIAL_LOG``, if set: time, *event*, *verdict* (None: learned), *names*, tab-separated.
+
+        Opened for each line, never kept: workers fork from here with no fd
+        of it. Nothing written is worth failing a spawn for.
+        """
+        if not self.log_path:
+            return
+        line = f"{time.time():.3f}\t{event}\t{verdict or 'learned'}\t{' '.join(names)}\n"
+        try:
+            fd = os.open(self.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                os.write(fd, line.encode(errors="surrogateescape"))
+            finally:
+                os.close(fd)
+        except OSError:
+            pass
 
     def on_sigchld(self, signum: int, frame: object) -> None:
         while True:
@@ -687,6 +712,7 @@ class _Zygote:
                 importlib.import_module(name)
             except BaseException as exc:  # the trial passed: should not happen
                 why = f"its import failed here: {exc!r}"
+        self.note("alone", [name], why)
         if why is not None:
             if len(self.refused) < _MAX_REFUSED:
                 self.refused[name] = why
@@ -717,15 +743,19 @@ class _Zygote:
         self.to_learn.clear()  # at _MAX_LEARNED: the rest is dropped, as learn() drops a module past it
         if len(batch) <= 1:
             return self.learn(tuple(batch))
-        if trial_import(tuple(batch), self.trial_timeout, hangup=self.ctl.fileno()) is not None:
+        names = [name for name, _ in batch]
+        why = trial_import(tuple(batch), self.trial_timeout, hangup=self.ctl.fileno())
+        self.note("batch", names, why)
+        if why is not None:
             self.singly.update(batch)
             return False
         try:
-            _import(tuple(name for name, _ in batch), reload=False)
-        except BaseException:  # the trial passed: should not happen; what did import is found here when tried alone
+            _import(tuple(names), reload=False)
+        except BaseException as exc:  # the trial passed: should not happen; what did import is found when tried alone
+            self.note("batch", names, f"its import failed here: {exc!r}")
             self.singly.update(batch)
             return True
-        self.learned.update(name for name, _ in batch)
+        self.learned.update(names)
         gc.freeze()  # as at start: what workers inherit stays shared
         return True
 
@@ -741,6 +771,7 @@ class _Zygote:
         name, origin = self.singly.popitem(last=False)
         learned = self.learn(((name, origin),))
         if self.refused.get(name) == TRIAL_TOO_SLOW:
+            self.note("untried", self.singly, _GAVE_UP_SINGLY)
             while self.singly and len(self.refused) < _MAX_REFUSED:
                 self.refused[self.singly.popitem(last=False)[0]] = _GAVE_UP_SINGLY
             self.singly.clear()
@@ -760,6 +791,7 @@ class _Zygote:
                 importlib.reload(sys.modules[name])
             except BaseException as exc:  # the trial passed: should not happen
                 why = f"its reload failed here: {exc!r}"
+        self.note("reload", [name], why)
         if why is not None:
             sys.modules.pop(name, None)
             self.learned.discard(name)
@@ -873,6 +905,7 @@ class _Zygote:
             data = b""
         sock.close()
         parts = data.decode(errors="surrogateescape").split("\0") if data else []
+        self.note("report", parts[::2], "queued" if parts else "nothing new, or lost")
         for name, origin in zip(parts[::2], parts[1::2], strict=False):  # an odd tail is dropped
             if len(self.to_learn) >= _MAX_QUEUED:
                 break
