@@ -117,3 +117,14 @@ def test_proto_down_as_ip_6_1_prints_it(tmp_path: Path) -> None:
     with_broadcast = header + b"".join(attrs) + w.nla(_records.IFLA_BROADCAST, b"\xff" * 6)
     rec = _records.link(with_broadcast, _records.LinkTable(), names)
     assert rec["proto_down_reason"] == ["0", "maintenance"]  # 0x105: bits 0 and 2 of the low byte
+
+
+def test_an_index_of_zero_is_named_as_ip_6_1_names_it() -> None:
+    """``ll_index_to_name(0)`` is ``*``; built by hand: no kernel here sends a master of index 0."""
+    from nsworkers.netlink import _wire as w
+
+    names = _names.Names(_names.NameConfig("/nonexistent"))
+    header = _records.IFINFOMSG.pack(0, 1, 5, 0, 0)
+    attrs = w.nla(_records.IFLA_IFNAME, b"x0\0") + w.nla(_records.IFLA_MASTER, (0).to_bytes(4, "little"))
+    assert _records.link(header + attrs, _records.LinkTable(), names)["master"] == "*"
+    assert _records.LinkTable().name(7) == "if7"

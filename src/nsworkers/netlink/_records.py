@@ -192,7 +192,9 @@ class LinkTable:
         self.parsed.pop(index, None)
 
     def name(self, index: int) -> str:
-        """``ll_index_to_name``: ``if<N>`` for an index not in the table."""
+        """``ll_index_to_name``: ``*`` for index 0, ``if<N>`` for an index not in the table."""
+        if index == 0:
+            return "*"
         name = self.names.get(index)
         return name if name is not None else f"if{index}"
 
