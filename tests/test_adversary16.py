@@ -5,6 +5,7 @@ Each test is one minimal reproduction: it fails while the break is there.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import importlib
 import inspect
@@ -200,6 +201,19 @@ def host():
 """
 
 
+@contextlib.contextmanager
+def _imported(directory: Path, tag: str, source: str) -> Iterator[types.ModuleType]:
+    """*source* imported as a module of this test's own, from *directory*; forgotten afterwards."""
+    name = f"nswt_{tag}_{os.getpid()}"
+    (directory / f"{name}.py").write_text(source)
+    sys.path.insert(0, str(directory))
+    try:
+        yield importlib.import_module(name)
+    finally:
+        sys.path.remove(str(directory))
+        sys.modules.pop(name, None)
+
+
 @pytest.fixture
 def uts_with_hostname() -> Iterator[tuple[int, str]]:
     """A process of this test's own in a new UTS namespace with a host name of its own: ``(pid, name)``."""
@@ -229,18 +243,58 @@ def test_a_module_reading_the_host_name_at_import_reads_the_targets(
     the module and every worker, whatever UTS namespace it joined, served
     the caller's host name.
     """
-    name = f"nswt_hostread_{os.getpid()}"
-    (tmp_path / f"{name}.py").write_text(_HOST_MODULE)
-    sys.path.insert(0, str(tmp_path))
-    try:
-        module = importlib.import_module(name)
-        pid, hostname = uts_with_hostname
-        with Pool() as pool, Namespace.from_pid(pid, "uts") as uts:
-            for _ in range(2):
-                assert pool.run(uts, module.host) == hostname
-    finally:
-        sys.path.remove(str(tmp_path))
-        sys.modules.pop(name, None)
+    pid, hostname = uts_with_hostname
+    with _imported(tmp_path, "hostread", _HOST_MODULE) as module, Pool() as pool, Namespace.from_pid(pid, "uts") as uts:
+        for _ in range(2):
+            assert pool.run(uts, module.host) == hostname
+
+
+_UUID_MODULE = """
+import platform
+import uuid  # its import fills platform's cache of uname(), host name included
+
+
+def node():
+    return platform.node()
+"""
+
+
+@pytest.mark.parametrize("start_method", ["zygote", "fork"])
+def test_platform_node_in_a_worker_that_joined_a_uts_namespace_is_the_targets(
+    uts_with_hostname: tuple[int, str], start_method: str
+) -> None:
+    """``platform`` caches ``uname()``; a worker that joined a UTS namespace asks the kernel again.
+
+    Broke with ``start_method="fork"``: the worker inherited the caller's
+    filled cache and answered with the caller's host name, not the target's.
+    """
+    import platform
+
+    platform.node()  # the caller's cache is filled (any import of uuid does that)
+    pid, hostname = uts_with_hostname
+    with Pool(start_method=start_method) as pool, Namespace.from_pid(pid, "uts") as uts:
+        assert pool.run(uts, platform.node) == hostname
+
+
+def test_a_module_that_imports_uuid_is_learned_and_its_workers_name_their_own_host(
+    tmp_path: Path, uts_with_hostname: tuple[int, str], make_netns: Callable[[], str]
+) -> None:
+    """``import uuid`` fills ``platform``'s cache with the host name; the zygote forgets it, and learns the module.
+
+    Broke: every module importing uuid (pyroute2, pytest) was refused as
+    "it read namespace state at import", so each worker imported it, and
+    pyroute2's fifty modules, itself.
+    """
+    pid, hostname = uts_with_hostname
+    with (
+        _imported(tmp_path, "uuiduser", _UUID_MODULE) as module,
+        Pool(max_tasks_per_worker=1) as pool,
+        Namespace.from_pid(pid, "uts") as uts,
+    ):
+        assert pool.run(uts, module.node) == hostname
+        probe = "sorted(__import__('sys').modules)"  # a builtin: the probe itself imports nothing
+        assert module.__name__ in pool.run(f"/run/netns/{make_netns()}", eval, probe)
+        assert pool.run(uts, module.node) == hostname  # a new worker, with the module inherited
 
 
 _SLOW_MODULE = """

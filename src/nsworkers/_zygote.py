@@ -230,12 +230,20 @@ _TRIAL_HOST_NAME = "nsworkers-trial-import.invalid"
 
 
 def _import(names: tuple[str, ...], reload: bool) -> None:
-    """Import each of *names* in order (parents come first, so each is a plain import); or reload the last."""
-    if reload:
-        importlib.reload(sys.modules[names[-1]])
-        return
-    for name in names:
-        importlib.import_module(name)
+    """Import each of *names* in order (parents come first, so each is a plain import); or reload the last.
+
+    Then forget the host name where the standard library caches it
+    (:func:`_worker.forget_host_names`): in the trial, before what the import
+    made is compared; in the zygote, before any worker inherits it.
+    """
+    try:
+        if reload:
+            importlib.reload(sys.modules[names[-1]])
+            return
+        for name in names:
+            importlib.import_module(name)
+    finally:
+        _worker.forget_host_names()
 
 
 def _import_elsewhere(names: tuple[str, ...], reload: bool) -> tuple[int, int]:
@@ -709,7 +717,7 @@ class _Zygote:
         why = trial_import(chain, self.trial_timeout, hangup=self.ctl.fileno())
         if why is None:
             try:
-                importlib.import_module(name)
+                _import((name,), reload=False)
             except BaseException as exc:  # the trial passed: should not happen
                 why = f"its import failed here: {exc!r}"
         self.note("alone", [name], why)
@@ -788,7 +796,7 @@ class _Zygote:
         why = trial_import(chain, self.trial_timeout, reload=True, hangup=self.ctl.fileno())
         if why is None:
             try:
-                importlib.reload(sys.modules[name])
+                _import((name,), reload=True)
             except BaseException as exc:  # the trial passed: should not happen
                 why = f"its reload failed here: {exc!r}"
         self.note("reload", [name], why)
@@ -1073,6 +1081,7 @@ def zygote_main(ctl_fd: int) -> None:
     try:
         for name in ("nsworkers._worker", "nsworkers._messages", *config.preload):
             importlib.import_module(name)
+        _worker.forget_host_names()
     except BaseException as exc:
         ctl.sendall(pickle.dumps(ZygoteFailed(f"preloading {name!r} failed: {exc!r}")))
         return
