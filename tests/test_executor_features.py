@@ -585,6 +585,43 @@ def test_a_stop_from_a_users_thread_whose_done_callback_shuts_down_does_not_hang
         pool.shutdown(wait=not hung)
 
 
+def test_a_done_callback_of_one_pool_that_shuts_down_another_still_waits_for_the_other(
+    make_netns: Callable[[], str], tmp_path: Path
+) -> None:
+    """While pool A cancels its queue, a done-callback calls ``B.shutdown(wait=True)``: that waits for B's calls.
+
+    Broke (found by helper-18): being a pool's thread was one flag shared by
+    every pool, so B's ``shutdown(wait=True)`` returned at once, B's call
+    still running.
+    """
+    a_ns, b_ns = (f"/run/netns/{make_netns()}" for _ in range(2))
+    a_started, a_gate, b_started, b_gate = (tmp_path / name for name in ("a", "a-gate", "b", "b-gate"))
+    seen: list[bool] = []
+    a, b = Pool(), Pool()
+    try:
+        a.submit(a_ns, started_then_wait, str(a_started), str(a_gate), "ran")
+        running_b = b.submit(b_ns, started_then_wait, str(b_started), str(b_gate), "ran")
+        assert wait_for(a_started.exists) and wait_for(b_started.exists)
+        queued = a.submit(a_ns, pid)
+
+        def shut_b(_: object) -> None:
+            b.shutdown(wait=True)
+            seen.append(running_b.done())
+
+        queued.add_done_callback(shut_b)
+        stopper = threading.Thread(target=a.shutdown, kwargs={"wait": False, "cancel_futures": True})
+        stopper.start()
+        assert wait_for(lambda: b._closing)  # the callback is in B's shutdown(): only now may B's call end
+        b_gate.touch()
+        stopper.join(60)  # a detector of a hang, not a timing
+        assert seen == [True]
+    finally:
+        a_gate.touch()
+        b_gate.touch()
+        a.shutdown()
+        b.shutdown()
+
+
 def test_a_handler_that_shuts_down_just_after_a_call_is_counted_gets_a_typed_error(netns: str) -> None:
     """A handler runs after any C call: here, after ``submit()`` counts its call in, it shuts the pool down.
 

@@ -141,15 +141,25 @@ class _Queue:
 _in_pool_thread = threading.local()
 
 
-def in_pool_thread() -> bool:
-    """True in a thread of a pool (a drain thread): it must not wait for the pool's own calls to end."""
-    return getattr(_in_pool_thread, "value", False)
+def in_pool_thread(owner: object) -> bool:
+    """True in a thread of *owner*'s (a drain, its cancel or kill thread): it must not wait for *owner*'s calls."""
+    return owner in getattr(_in_pool_thread, "owners", ())
 
 
-def as_pool_thread(fn: Callable[..., object], *args: object) -> None:
-    """Run *fn* as a thread of the pool: a done-callback it runs that shuts the pool down does not wait."""
-    _in_pool_thread.value = True
-    fn(*args)
+def as_pool_thread(owner: object, fn: Callable[..., object], *args: object) -> None:
+    """Run *fn* as a thread of *owner*'s: a done-callback it runs that shuts *owner* down does not wait.
+
+    Per owner, not one flag: a callback that shuts another pool down waits
+    for that pool's calls as anywhere else (found by helper-18).
+    """
+    owners: set[object] = _in_pool_thread.__dict__.setdefault("owners", set())
+    fresh = owner not in owners
+    owners.add(owner)
+    try:
+        fn(*args)
+    finally:
+        if fresh:
+            owners.discard(owner)
 
 
 class _Threads:
@@ -162,8 +172,9 @@ class _Threads:
     giving itself back, and ``shutdown()`` waited for ever).
     """
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, owner: object) -> None:
         self._limit = limit
+        self._owner = owner  # whose threads these are (:func:`in_pool_thread`)
         self._queue: SimpleQueue[Callable[[], None] | None] = SimpleQueue()
         self.put = self._queue.put  # after reserve(); a C call: done whole or not at all
         self._idle = 0  # threads waiting for work, not yet promised a job
@@ -189,13 +200,15 @@ class _Threads:
             self._threads = started
             if len(self._threads) < self._limit:
                 thread = threading.Thread(
-                    target=self._loop, name=f"nsworkers-drain-{len(self._threads) + 1}", daemon=True
+                    target=as_pool_thread,
+                    args=(self._owner, self._loop),
+                    name=f"nsworkers-drain-{len(self._threads) + 1}",
+                    daemon=True,
                 )
                 self._threads.append(thread)
                 thread.start()
 
     def _loop(self) -> None:
-        _in_pool_thread.value = True
         while True:
             fn = self._queue.get()
             if fn is None:
@@ -234,7 +247,7 @@ class Dispatcher:
         self._per_ns = per_namespace
         self._lock = threading.Lock()
         self._queues: dict[Key, _Queue] = {}
-        self._threads = _Threads(max_threads)
+        self._threads = _Threads(max_threads, self)
 
     @staticmethod
     def job(target: Target, call: Call, timeout: float | None) -> _Job:
@@ -316,18 +329,13 @@ class Dispatcher:
         if threading.current_thread() is not threading.main_thread():
             # No signal lands here; still the pool's for the loop: a done-callback's
             # shutdown(wait=True) waited for the very calls the loop had yet to count out.
-            was = in_pool_thread()
-            _in_pool_thread.value = True
-            try:
-                self._cancel_queued()
-            finally:
-                _in_pool_thread.value = was
+            as_pool_thread(self, self._cancel_queued)
             return
         raised: list[BaseException] = []
 
         def cancel() -> None:
             try:  # as the pool's: a done-callback's shutdown() must not wait for calls this counts out
-                as_pool_thread(self._cancel_queued)
+                as_pool_thread(self, self._cancel_queued)
             except BaseException as exc:
                 raised.append(exc)
 

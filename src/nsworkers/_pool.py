@@ -444,14 +444,17 @@ class Pool(_Caller):
             if cancel_futures and depth and threading.current_thread() is threading.main_thread():
                 # Maybe a handler that interrupted a call of ours holding the dispatcher's lock.
                 threading.Thread(
-                    target=as_pool_thread, args=(self._dispatch.cancel_queued,), name="nsworkers-cancel", daemon=True
+                    target=as_pool_thread,
+                    args=(self._dispatch, self._dispatch.cancel_queued),
+                    name="nsworkers-cancel",
+                    daemon=True,
                 ).start()
             elif cancel_futures:
                 self._dispatch.cancel_queued()
         except BaseException:  # a done-callback's KeyboardInterrupt: the pool still closes
             threading.Thread(target=self._finish, name="nsworkers-shutdown", daemon=True).start()
             raise
-        if wait and not in_pool_thread() and not depth:
+        if wait and not in_pool_thread(self._dispatch) and not depth:
             self._finish()
         else:
             threading.Thread(target=self._finish, name="nsworkers-shutdown", daemon=True).start()
@@ -483,7 +486,10 @@ class Pool(_Caller):
         if depth and threading.current_thread() is threading.main_thread():
             # Maybe a signal handler that interrupted a call of ours (holding a lock we need).
             threading.Thread(
-                target=as_pool_thread, args=(self._force, name, signum), name="nsworkers-kill", daemon=True
+                target=as_pool_thread,
+                args=(self._dispatch, self._force, name, signum),
+                name="nsworkers-kill",
+                daemon=True,
             ).start()
             return
         with self._state_lock:
