@@ -24,6 +24,7 @@ from nsworkers import _zygote
 from nsworkers._messages import CONTROL_BUFFER, Reaped, ReapRequest
 from nsworkers._zygote import _Zygote
 
+from ._in_worker import pid
 from .conftest import run_python, wait_for
 
 
@@ -337,6 +338,48 @@ def test_the_trial_log_says_what_was_learned_and_why_a_module_was_not(
     assert any(event == "batch" and verdict != "learned" and threads in names for event, verdict, names in entries)
     refused = _zygote.TRIAL_VERDICTS[3]  # started a thread
     assert entries.index(("alone", refused, [threads])) < entries.index(("alone", "learned", [plain])), entries
+
+
+@pytest.mark.privileged
+def test_a_trial_log_that_is_a_fifo_with_no_reader_costs_no_spawn(
+    make_netns: Callable[[], str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``$NSWORKERS_TRIAL_LOG`` naming a FIFO nobody reads (a ``cat`` that was stopped).
+
+    Broke (found by helper-18): the zygote opened it for writing, blocking,
+    and waited for a reader for ever: no worker could start again.
+    """
+    fifo = tmp_path / "trials"
+    os.mkfifo(fifo)
+    monkeypatch.setenv(_zygote.TRIAL_LOG_ENV, str(fifo))
+    with nsworkers.Pool() as pool:
+        for _ in range(2):  # a module to learn, a report: lines to write; then a spawn that needs the zygote
+            assert pool.options(timeout=60).run(f"/run/netns/{make_netns()}", pid) > 0  # 60 s: detects a hang
+
+
+@pytest.mark.privileged
+def test_a_trial_log_past_the_file_size_limit_costs_no_spawn(netns: str, tmp_path: Path) -> None:
+    """The trial log of a caller at its ``RLIMIT_FSIZE`` (a long-running service whose log grew).
+
+    Broke (found by helper-18): the zygote set every signal to its default,
+    SIGXFSZ included, so its first line past the limit killed it, and each
+    zygote after it: every cold call failed with ``WorkerStartError``.
+    """
+    log = tmp_path / "trials"
+    log.write_text("x" * 4096)
+    _write_module(tmp_path, "nswt_fsize", "import os\n\ndef pid():\n    return os.getpid()\n")
+    code = f"""
+import os, resource, sys
+sys.path.insert(0, {str(tmp_path)!r})
+os.environ[{_zygote.TRIAL_LOG_ENV!r}] = {str(log)!r}
+resource.setrlimit(resource.RLIMIT_FSIZE, (4096, resource.RLIM_INFINITY))
+from nsworkers import Pool
+from nswt_fsize import pid  # a module to learn: a line to write
+with Pool() as pool:
+    print(pool.options(timeout=60).run({netns!r}, pid) > 0)
+"""
+    done = run_python(code)
+    assert done.stdout == "True\n", done.stderr[-2000:]
 
 
 @pytest.mark.privileged

@@ -38,6 +38,7 @@ import pickle
 import select
 import signal
 import socket
+import stat
 import sys
 import time
 import types
@@ -666,19 +667,26 @@ class _Zygote:
         """Append to ``$NSWORKERS_TRIAL_LOG``, if set: time, *event*, *verdict* (None: learned), *names*, tab-separated.
 
         Opened for each line, never kept: workers fork from here with no fd
-        of it. Nothing written is worth failing a spawn for.
+        of it. Nothing written is worth failing a spawn for, so only a regular
+        file is written: opened without blocking (a FIFO nobody reads held
+        every spawn), never as a terminal, and a write past ``RLIMIT_FSIZE``
+        is an error here (SIGXFSZ is ignored, :func:`_reset_inherited_signals`).
         """
         if not self.log_path:
             return
         line = f"{time.time():.3f}\t{event}\t{verdict or 'learned'}\t{' '.join(names)}\n"
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY
         try:
-            fd = os.open(self.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
-            try:
+            fd = os.open(self.log_path, flags, 0o600)
+        except OSError:
+            return
+        try:
+            if stat.S_ISREG(os.fstat(fd).st_mode):
                 os.write(fd, line.encode(errors="surrogateescape"))
-            finally:
-                os.close(fd)
         except OSError:
             pass
+        finally:
+            os.close(fd)
 
     def on_sigchld(self, signum: int, frame: object) -> None:
         while True:
@@ -1041,7 +1049,10 @@ def _reset_inherited_signals() -> None:
 
     A caller that blocked SIGCHLD before making its pool would otherwise leave
     the zygote unable to reap (zombies); one that ignores SIGTERM would make
-    it unkillable by ``systemctl stop``.
+    it unkillable by ``systemctl stop``. SIGPIPE and SIGXFSZ stay ignored, as
+    in any Python process: a vanished caller is an EPIPE (then our workers
+    are killed and reaped), a trial log past ``RLIMIT_FSIZE`` an EFBIG, not
+    our death. Workers set their own (``_worker.reset_signals``).
     """
     signal.pthread_sigmask(signal.SIG_SETMASK, ())
     for signum in signal.valid_signals():
@@ -1052,6 +1063,8 @@ def _reset_inherited_signals() -> None:
         except (OSError, ValueError):
             pass
     _signal.signal(_signal.SIGINT, _signal.SIG_IGN)  # the caller decides; a Ctrl-C reaches the whole group
+    _signal.signal(_signal.SIGPIPE, _signal.SIG_IGN)
+    _signal.signal(_signal.SIGXFSZ, _signal.SIG_IGN)
 
 
 def trial_timeout() -> float:
