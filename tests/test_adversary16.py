@@ -297,6 +297,40 @@ def test_a_module_that_imports_uuid_is_learned_and_its_workers_name_their_own_ho
         assert pool.run(uts, module.node) == hostname  # a new worker, with the module inherited
 
 
+_LOGGING_MODULE = """
+import logging
+import platform
+
+logging.addLevelName(77, platform.node())  # into logging's registry: an earlier object
+
+
+def level_name():
+    return logging.getLevelName(77)
+"""
+
+
+def test_a_module_that_puts_platform_node_into_an_earlier_object_is_not_learned(
+    tmp_path: Path, uts_with_hostname: tuple[int, str]
+) -> None:
+    """A worker in a UTS namespace logs with that namespace's host name, as it would with no zygote.
+
+    Broke (found by helper-18, with ``logging.basicConfig(format=...)``):
+    once the zygote emptied ``platform``'s cache of ``uname()`` after each
+    import, nothing told the trial that the import had read the host name,
+    which went into ``logging``'s registry: made before the import (logging
+    is preloaded here; dill imports it), so the trial's walk does not look
+    into it. The module was learned; every worker logged the caller's name.
+    """
+    pid, hostname = uts_with_hostname
+    with (
+        _imported(tmp_path, "loghost", _LOGGING_MODULE) as module,
+        Pool(preload=["logging"]) as pool,
+        Namespace.from_pid(pid, "uts") as uts,
+    ):
+        for _ in range(2):
+            assert pool.run(uts, module.level_name) == hostname
+
+
 _SLOW_MODULE = """
 import time
 time.sleep(6)  # a heavy import: a big library, a slow filesystem

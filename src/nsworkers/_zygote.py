@@ -195,7 +195,8 @@ def _trial(chain: tuple[tuple[str, str], ...], reload: bool = False) -> int:
     fds = sorted(os.listdir("/proc/self/fd"))
     handlers = [_signal.getsignal(signum) for signum in _worker._CATCHABLE]
     names = tuple(name for name, _ in chain)
-    elsewhere = _import_elsewhere(names, reload)  # at the same time as ours
+    host_name_read = _watch_the_host_name()  # before the fork: both imports are watched alike
+    elsewhere = _import_elsewhere(names, reload, host_name_read)  # at the same time as ours
     before, existing = set(sys.modules), _Existing()
     try:
         _import(names, reload)
@@ -204,7 +205,7 @@ def _trial(chain: tuple[tuple[str, str], ...], reload: bool = False) -> int:
     ours = _values(names, before, existing, reload)
     if ours is _TOO_BIG:
         return 8
-    if _values_of(elsewhere) != ours:
+    if _values_of(elsewhere) != ours or host_name_read:
         return 7
     if any(_origin(name) != origin for name, origin in chain):
         return 2
@@ -247,7 +248,47 @@ def _import(names: tuple[str, ...], reload: bool) -> None:
         _worker.forget_host_names()
 
 
-def _import_elsewhere(names: tuple[str, ...], reload: bool) -> tuple[int, int]:
+def _watch_the_host_name() -> list[str]:
+    """In a trial: from now on, ``platform.uname()`` results say when their host name is read; a list of the reads.
+
+    The zygote empties ``platform``'s cache of ``uname()`` after each import
+    (:func:`_worker.forget_host_names`), so that modules that merely import
+    ``uuid`` (which reads ``platform.system()``) can be learned. The host
+    name read at import still refuses the module, wherever it went: into
+    an object made before the import too (``logging.addLevelName(77,
+    platform.node())``), which the walk of what the import made does not
+    see. Reads through ``.node``, unpacking, indexing and ``repr``; not
+    through C code that reads the tuple itself (``"%s" % (u,)``, ``json``).
+    Only in the trial's throw-away processes.
+    """
+    platform: Any = importlib.import_module("platform")
+    base = platform.uname_result
+    reads: list[str] = []
+
+    class uname_result(base):  # type: ignore[misc,valid-type]  # named as in platform: a repr says it
+        @property
+        def node(self) -> str:
+            reads.append("node")
+            return str(tuple.__getitem__(self, 1))
+
+        def __iter__(self) -> Any:
+            reads.append("iter")
+            return base.__iter__(self)
+
+        def __repr__(self) -> str:
+            reads.append("repr")
+            return str(base.__repr__(self))
+
+    platform.uname_result = uname_result
+    platform._uname_cache = None
+    return reads
+
+
+#: What :func:`_import_elsewhere` answers when its import read the host name (:func:`_watch_the_host_name`).
+_HOST_NAME_READ = "<read the host name>"
+
+
+def _import_elsewhere(names: tuple[str, ...], reload: bool, host_name_read: list[str]) -> tuple[int, int]:
     """Start importing *names* in new namespaces, in a child; its pid and the pipe it answers on (:func:`_values_of`).
 
     Before the zygote learned a module, a worker imported it after joining
@@ -269,7 +310,7 @@ def _import_elsewhere(names: tuple[str, ...], reload: bool) -> tuple[int, int]:
             _sys.set_host_names(_TRIAL_HOST_NAME)  # a new UTS namespace starts with the caller's names
             before, existing = set(sys.modules), _Existing()
             _import(names, reload)
-            data = pickle.dumps(_values(names, before, existing, reload))
+            data = pickle.dumps(_HOST_NAME_READ if host_name_read else _values(names, before, existing, reload))
             with os.fdopen(wfd, "wb") as out:
                 out.write(data)
         finally:
