@@ -1,9 +1,10 @@
 """Callables the tests send to workers, in a module that is light to import.
 
 A worker imports the module a callable came from. A test module imports
-pytest and the conftest, which the zygote's trial refuses (it cannot tell
-their state from namespace state), so every worker imports it itself: a
-third of a second of CPU per worker, most of the suite's time.
+pytest and the conftest, which the zygote's trial refuses ("it read
+namespace state at import", says ``$NSWORKERS_TRIAL_LOG``), so every worker
+imports it itself: a third of a second of CPU per worker, most of the
+suite's time.
 This module is learned once per pool instead. It also matters after a
 mount-namespace join, where a worker can load no extension module that the
 caller's process did not already have.

@@ -249,16 +249,6 @@ def test_a_module_reading_the_host_name_at_import_reads_the_targets(
             assert pool.run(uts, module.host) == hostname
 
 
-_UUID_MODULE = """
-import platform
-import uuid  # its import fills platform's cache of uname(), host name included
-
-
-def node():
-    return platform.node()
-"""
-
-
 @pytest.mark.parametrize("start_method", ["zygote", "fork"])
 def test_platform_node_in_a_worker_that_joined_a_uts_namespace_is_the_targets(
     uts_with_hostname: tuple[int, str], start_method: str
@@ -267,6 +257,7 @@ def test_platform_node_in_a_worker_that_joined_a_uts_namespace_is_the_targets(
 
     Broke with ``start_method="fork"``: the worker inherited the caller's
     filled cache and answered with the caller's host name, not the target's.
+    The zygote case is a guard: its workers never inherited the caller's.
     """
     import platform
 
@@ -274,27 +265,6 @@ def test_platform_node_in_a_worker_that_joined_a_uts_namespace_is_the_targets(
     pid, hostname = uts_with_hostname
     with Pool(start_method=start_method) as pool, Namespace.from_pid(pid, "uts") as uts:
         assert pool.run(uts, platform.node) == hostname
-
-
-def test_a_module_that_imports_uuid_is_learned_and_its_workers_name_their_own_host(
-    tmp_path: Path, uts_with_hostname: tuple[int, str], make_netns: Callable[[], str]
-) -> None:
-    """``import uuid`` fills ``platform``'s cache with the host name; the zygote forgets it, and learns the module.
-
-    Broke: every module importing uuid (pyroute2, pytest) was refused as
-    "it read namespace state at import", so each worker imported it, and
-    pyroute2's fifty modules, itself.
-    """
-    pid, hostname = uts_with_hostname
-    with (
-        _imported(tmp_path, "uuiduser", _UUID_MODULE) as module,
-        Pool(max_tasks_per_worker=1) as pool,
-        Namespace.from_pid(pid, "uts") as uts,
-    ):
-        assert pool.run(uts, module.node) == hostname
-        probe = "sorted(__import__('sys').modules)"  # a builtin: the probe itself imports nothing
-        assert module.__name__ in pool.run(f"/run/netns/{make_netns()}", eval, probe)
-        assert pool.run(uts, module.node) == hostname  # a new worker, with the module inherited
 
 
 _LOGGING_MODULE = """
@@ -312,22 +282,23 @@ def level_name():
 def test_a_module_that_puts_platform_node_into_an_earlier_object_is_not_learned(
     tmp_path: Path, uts_with_hostname: tuple[int, str]
 ) -> None:
-    """A worker in a UTS namespace logs with that namespace's host name, as it would with no zygote.
+    """A worker in a UTS namespace names a log level with its host name, as it would with no zygote.
 
-    Broke (found by helper-18, with ``logging.basicConfig(format=...)``):
-    once the zygote emptied ``platform``'s cache of ``uname()`` after each
-    import, nothing told the trial that the import had read the host name,
-    which went into ``logging``'s registry: made before the import (logging
-    is preloaded here; dill imports it), so the trial's walk does not look
-    into it. The module was learned; every worker logged the caller's name.
+    A guard (found by helper-18, with ``logging.basicConfig(format=...)``):
+    the name goes into ``logging``'s registry, made before the import
+    (logging is preloaded here; dill imports it), where the trial's walk
+    does not look. Only ``platform``'s filled ``uname()`` cache tells the
+    trial; a change that let the trial leave the cache out (to learn modules
+    that import ``uuid``) had the module learned, and every worker had the
+    caller's name. (Level 77 of this process's logging gets this host's name.)
     """
     pid, hostname = uts_with_hostname
     with (
         _imported(tmp_path, "loghost", _LOGGING_MODULE) as module,
-        Pool(preload=["logging"]) as pool,
+        Pool(preload=["logging"], max_tasks_per_worker=1) as pool,
         Namespace.from_pid(pid, "uts") as uts,
     ):
-        for _ in range(2):
+        for _ in range(2):  # the first worker, and one forked after the module was tried
             assert pool.run(uts, module.level_name) == hostname
 
 

@@ -323,6 +323,7 @@ def _trial_log(path: Path) -> list[tuple[str, str, list[str]]]:
 def test_the_trial_log_says_what_was_learned_and_why_a_module_was_not(
     modules_dir: tuple[Path, str], make_netns: Callable[[], str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # $NSWORKERS_TRIAL_LOG: a module the zygote did not learn says why (the dill flake never did).
     threads, plain, module = _lazy_modules(modules_dir, "log")
     caller = module.__name__
     log = tmp_path / "trials"

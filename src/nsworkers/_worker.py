@@ -254,7 +254,7 @@ def _start(
         return 2
     joined = [(name, ident) for _, _, name, ident in targets]
     if any(name == "uts" for name, _ in joined):
-        forget_host_names()  # forked from the caller, or from a zygote whose preload asked
+        forget_uname_cache()  # filled in the caller (fork) or by a zygote's preload: the caller's host name
     if any(name in _FOR_CHILDREN for name, _ in joined):
         _fork_into_children_namespaces(fds)
     # After the join nothing may move this process again: a seccomp filter makes setns,
@@ -273,17 +273,11 @@ def _start(
     return _serve(chan, links, report)
 
 
-def forget_host_names() -> None:
-    """Empty ``platform``'s cache of ``uname()``, which holds the host name.
+def forget_uname_cache() -> None:
+    """Empty ``platform``'s cache of ``uname()``, so the next ``platform.node()`` asks this UTS namespace.
 
-    ``uuid`` fills it at import (``platform.system()``), and so does every
-    module that imports ``uuid``: pyroute2, pytest. Left filled, a worker that
-    joined a UTS namespace would answer ``platform.node()`` with the caller's
-    host name; so the zygote's trial refused all of them. Emptied (by the
-    zygote after each import, by a worker after joining a UTS namespace),
-    the next ``uname()`` asks the kernel, in the worker's own namespace. A
-    module that keeps the name itself (``HOST = platform.node()``) is still
-    refused: its own value differs between the trial's two imports.
+    Any import of ``uuid`` fills it (pyroute2, pytest), with the host name of
+    wherever that import ran.
     """
     platform = sys.modules.get("platform")
     if platform is not None and getattr(platform, "_uname_cache", None) is not None:

@@ -195,8 +195,7 @@ def _trial(chain: tuple[tuple[str, str], ...], reload: bool = False) -> int:
     fds = sorted(os.listdir("/proc/self/fd"))
     handlers = [_signal.getsignal(signum) for signum in _worker._CATCHABLE]
     names = tuple(name for name, _ in chain)
-    host_name_read = _watch_the_host_name()  # before the fork: both imports are watched alike
-    elsewhere = _import_elsewhere(names, reload, host_name_read)  # at the same time as ours
+    elsewhere = _import_elsewhere(names, reload)  # at the same time as ours
     before, existing = set(sys.modules), _Existing()
     try:
         _import(names, reload)
@@ -205,7 +204,7 @@ def _trial(chain: tuple[tuple[str, str], ...], reload: bool = False) -> int:
     ours = _values(names, before, existing, reload)
     if ours is _TOO_BIG:
         return 8
-    if _values_of(elsewhere) != ours or host_name_read:
+    if _values_of(elsewhere) != ours:
         return 7
     if any(_origin(name) != origin for name, origin in chain):
         return 2
@@ -232,63 +231,15 @@ _TRIAL_HOST_NAME = "nsworkers-trial-import.invalid"
 
 
 def _import(names: tuple[str, ...], reload: bool) -> None:
-    """Import each of *names* in order (parents come first, so each is a plain import); or reload the last.
-
-    Then forget the host name where the standard library caches it
-    (:func:`_worker.forget_host_names`): in the trial, before what the import
-    made is compared; in the zygote, before any worker inherits it.
-    """
-    try:
-        if reload:
-            importlib.reload(sys.modules[names[-1]])
-            return
-        for name in names:
-            importlib.import_module(name)
-    finally:
-        _worker.forget_host_names()
+    """Import each of *names* in order (parents come first, so each is a plain import); or reload the last."""
+    if reload:
+        importlib.reload(sys.modules[names[-1]])
+        return
+    for name in names:
+        importlib.import_module(name)
 
 
-def _watch_the_host_name() -> list[str]:
-    """In a trial: from now on, ``platform.uname()`` results say when their host name is read; a list of the reads.
-
-    The zygote empties ``platform``'s cache of ``uname()`` after each import
-    (:func:`_worker.forget_host_names`), so that modules that merely import
-    ``uuid`` (which reads ``platform.system()``) can be learned. The host
-    name read at import still refuses the module, wherever it went: into
-    an object made before the import too (``logging.addLevelName(77,
-    platform.node())``), which the walk of what the import made does not
-    see. Reads through ``.node``, unpacking, indexing and ``repr``; not
-    through C code that reads the tuple itself (``"%s" % (u,)``, ``json``).
-    Only in the trial's throw-away processes.
-    """
-    platform: Any = importlib.import_module("platform")
-    base = platform.uname_result
-    reads: list[str] = []
-
-    class uname_result(base):  # type: ignore[misc,valid-type]  # named as in platform: a repr says it
-        @property
-        def node(self) -> str:
-            reads.append("node")
-            return str(tuple.__getitem__(self, 1))
-
-        def __iter__(self) -> Any:
-            reads.append("iter")
-            return base.__iter__(self)
-
-        def __repr__(self) -> str:
-            reads.append("repr")
-            return str(base.__repr__(self))
-
-    platform.uname_result = uname_result
-    platform._uname_cache = None
-    return reads
-
-
-#: What :func:`_import_elsewhere` answers when its import read the host name (:func:`_watch_the_host_name`).
-_HOST_NAME_READ = "<read the host name>"
-
-
-def _import_elsewhere(names: tuple[str, ...], reload: bool, host_name_read: list[str]) -> tuple[int, int]:
+def _import_elsewhere(names: tuple[str, ...], reload: bool) -> tuple[int, int]:
     """Start importing *names* in new namespaces, in a child; its pid and the pipe it answers on (:func:`_values_of`).
 
     Before the zygote learned a module, a worker imported it after joining
@@ -310,7 +261,7 @@ def _import_elsewhere(names: tuple[str, ...], reload: bool, host_name_read: list
             _sys.set_host_names(_TRIAL_HOST_NAME)  # a new UTS namespace starts with the caller's names
             before, existing = set(sys.modules), _Existing()
             _import(names, reload)
-            data = pickle.dumps(_HOST_NAME_READ if host_name_read else _values(names, before, existing, reload))
+            data = pickle.dumps(_values(names, before, existing, reload))
             with os.fdopen(wfd, "wb") as out:
                 out.write(data)
         finally:
@@ -707,16 +658,20 @@ class _Zygote:
     def note(self, event: str, names: Iterable[str], verdict: str | None) -> None:
         """Append to ``$NSWORKERS_TRIAL_LOG``, if set: time, *event*, *verdict* (None: learned), *names*, tab-separated.
 
-        Opened for each line, never kept: workers fork from here with no fd
-        of it. Nothing written is worth failing a spawn for, so only a regular
-        file is written: opened without blocking (a FIFO nobody reads held
-        every spawn), never as a terminal, and a write past ``RLIMIT_FSIZE``
-        is an error here (SIGXFSZ is ignored, :func:`_reset_inherited_signals`).
+        Every spawn waits for us: only a regular file (or none yet) is opened,
+        without blocking, never kept open (workers fork from here).
         """
         if not self.log_path:
             return
         line = f"{time.time():.3f}\t{event}\t{verdict or 'learned'}\t{' '.join(names)}\n"
         flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY
+        try:
+            if not stat.S_ISREG(os.stat(self.log_path).st_mode):
+                return  # a FIFO nobody reads held every spawn; a device may act on open
+        except FileNotFoundError:
+            pass
+        except OSError:
+            return
         try:
             fd = os.open(self.log_path, flags, 0o600)
         except OSError:
@@ -766,7 +721,7 @@ class _Zygote:
         why = trial_import(chain, self.trial_timeout, hangup=self.ctl.fileno())
         if why is None:
             try:
-                _import((name,), reload=False)
+                importlib.import_module(name)
             except BaseException as exc:  # the trial passed: should not happen
                 why = f"its import failed here: {exc!r}"
         self.note("alone", [name], why)
@@ -845,7 +800,7 @@ class _Zygote:
         why = trial_import(chain, self.trial_timeout, reload=True, hangup=self.ctl.fileno())
         if why is None:
             try:
-                _import((name,), reload=True)
+                importlib.reload(sys.modules[name])
             except BaseException as exc:  # the trial passed: should not happen
                 why = f"its reload failed here: {exc!r}"
         self.note("reload", [name], why)
@@ -1135,7 +1090,6 @@ def zygote_main(ctl_fd: int) -> None:
     try:
         for name in ("nsworkers._worker", "nsworkers._messages", *config.preload):
             importlib.import_module(name)
-        _worker.forget_host_names()
     except BaseException as exc:
         ctl.sendall(pickle.dumps(ZygoteFailed(f"preloading {name!r} failed: {exc!r}")))
         return
