@@ -575,7 +575,6 @@ def test_a_stop_from_a_users_thread_whose_done_callback_shuts_down_does_not_hang
         queued[0].add_done_callback(lambda _: pool.shutdown(wait=True))
         stopper = threading.Thread(target=pool.shutdown, kwargs={"wait": False, "cancel_futures": True})
         stopper.start()
-        gate.touch()
         stopper.join(60)  # a detector of a hang, not a timing
         hung = stopper.is_alive()
         assert not hung, "the done-callback's shutdown(wait=True) waited for calls its own stop had to count out"
@@ -620,6 +619,35 @@ def test_a_done_callback_of_one_pool_that_shuts_down_another_still_waits_for_the
         b_gate.touch()
         a.shutdown()
         b.shutdown()
+
+
+def test_two_pools_whose_done_callbacks_shut_each_other_down_do_not_hang(make_netns: Callable[[], str]) -> None:
+    """A's done-callback shuts B down, B's shuts A down, both at once, each with ``wait=True``.
+
+    Broke (found by helper-19): each waited for the other's drain threads,
+    one of them the thread running the other callback: for ever.
+    """
+    a_ns, b_ns = (f"/run/netns/{make_netns()}" for _ in range(2))
+    a, b = Pool(), Pool()
+    both_in = threading.Barrier(2, timeout=60)
+    done: list[str] = []
+
+    def shut(other: Pool, tag: str) -> Callable[[object], None]:
+        def callback(_: object) -> None:
+            both_in.wait()
+            other.shutdown(wait=True)
+            done.append(tag)
+
+        return callback
+
+    try:
+        a.submit(a_ns, pid).add_done_callback(shut(b, "a shut b"))
+        b.submit(b_ns, pid).add_done_callback(shut(a, "b shut a"))
+        assert wait_for(lambda: len(done) == 2, timeout=60), done  # a detector of a hang, not a timing
+    finally:
+        both_in.abort()
+        for pool in (a, b):
+            pool.shutdown(wait=False)
 
 
 def test_a_handler_that_shuts_down_just_after_a_call_is_counted_gets_a_typed_error(netns: str) -> None:

@@ -142,7 +142,7 @@ _in_pool_thread = threading.local()
 
 
 def in_pool_thread(owner: object) -> bool:
-    """True in a thread of *owner*'s (a drain, its cancel or kill thread): it must not wait for *owner*'s calls."""
+    """True while running as *owner*'s thread (:func:`as_pool_thread`): it must not wait for *owner*'s calls."""
     return owner in getattr(_in_pool_thread, "owners", ())
 
 
@@ -229,7 +229,9 @@ class _Threads:
             unlisted, self._unlisted = self._unlisted, 0
         for _ in range(len(threads) + unlisted):  # one each, also for any unlisted one that runs
             self._queue.put(None)
-        if join:
+        # Not from any pool's thread: two pools' done-callbacks that shut each other down each
+        # joined the thread running the other's. Their calls are over by now (Pool._finish).
+        if join and not getattr(_in_pool_thread, "owners", None):
             current = threading.current_thread()
             for thread in threads:
                 # Not started: reserve() was stopped (a signal's exception, no thread left) between
@@ -327,8 +329,6 @@ class Dispatcher:
         Either way the loop runs as the pool's thread (see :func:`as_pool_thread`).
         """
         if threading.current_thread() is not threading.main_thread():
-            # No signal lands here; still the pool's for the loop: a done-callback's
-            # shutdown(wait=True) waited for the very calls the loop had yet to count out.
             as_pool_thread(self, self._cancel_queued)
             return
         raised: list[BaseException] = []

@@ -443,12 +443,7 @@ class Pool(_Caller):
         try:
             if cancel_futures and depth and threading.current_thread() is threading.main_thread():
                 # Maybe a handler that interrupted a call of ours holding the dispatcher's lock.
-                threading.Thread(
-                    target=as_pool_thread,
-                    args=(self._dispatch, self._dispatch.cancel_queued),
-                    name="nsworkers-cancel",
-                    daemon=True,
-                ).start()
+                threading.Thread(target=self._dispatch.cancel_queued, name="nsworkers-cancel", daemon=True).start()
             elif cancel_futures:
                 self._dispatch.cancel_queued()
         except BaseException:  # a done-callback's KeyboardInterrupt: the pool still closes
