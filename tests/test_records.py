@@ -120,11 +120,12 @@ def test_proto_down_as_ip_6_1_prints_it(tmp_path: Path) -> None:
 
 
 def test_an_index_of_zero_is_named_as_ip_6_1_names_it() -> None:
-    """``ll_index_to_name(0)`` is ``*``; built by hand: no kernel here sends a master of index 0."""
+    """``ll_index_to_name(0)`` is ``*``: index 0 came out as ``if0``. Built by hand: no kernel here sends one."""
     from nsworkers.netlink import _wire as w
 
     names = _names.Names(_names.NameConfig("/nonexistent"))
-    header = _records.IFINFOMSG.pack(0, 1, 5, 0, 0)
+    family, link_type, index, flags, change = 0, 1, 5, 0, 0  # AF_UNSPEC, ARPHRD_ETHER
+    header = _records.IFINFOMSG.pack(family, link_type, index, flags, change)
     attrs = w.nla(_records.IFLA_IFNAME, b"x0\0") + w.nla(_records.IFLA_MASTER, (0).to_bytes(4, "little"))
     assert _records.link(header + attrs, _records.LinkTable(), names)["master"] == "*"
     assert _records.LinkTable().name(7) == "if7"
