@@ -249,7 +249,10 @@ class Dispatcher:
         self._per_ns = per_namespace
         self._lock = threading.Lock()
         self._queues: dict[Key, _Queue] = {}
-        self._threads = _Threads(max_threads, self)
+        # What this dispatcher's threads are marked with (in_pool_thread); not the dispatcher,
+        # which holds its pool: a drain thread would keep a dropped pool alive for ever.
+        self.mark = object()
+        self._threads = _Threads(max_threads, self.mark)
 
     @staticmethod
     def job(target: Target, call: Call, timeout: float | None) -> _Job:
@@ -329,13 +332,13 @@ class Dispatcher:
         Either way the loop runs as the pool's thread (see :func:`as_pool_thread`).
         """
         if threading.current_thread() is not threading.main_thread():
-            as_pool_thread(self, self._cancel_queued)
+            as_pool_thread(self.mark, self._cancel_queued)
             return
         raised: list[BaseException] = []
 
         def cancel() -> None:
             try:  # as the pool's: a done-callback's shutdown() must not wait for calls this counts out
-                as_pool_thread(self, self._cancel_queued)
+                as_pool_thread(self.mark, self._cancel_queued)
             except BaseException as exc:
                 raised.append(exc)
 

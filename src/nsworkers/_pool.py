@@ -449,7 +449,7 @@ class Pool(_Caller):
         except BaseException:  # a done-callback's KeyboardInterrupt: the pool still closes
             threading.Thread(target=self._finish, name="nsworkers-shutdown", daemon=True).start()
             raise
-        if wait and not in_pool_thread(self._dispatch) and not depth:
+        if wait and not in_pool_thread(self._dispatch.mark) and not depth:
             self._finish()
         else:
             threading.Thread(target=self._finish, name="nsworkers-shutdown", daemon=True).start()
@@ -482,7 +482,7 @@ class Pool(_Caller):
             # Maybe a signal handler that interrupted a call of ours (holding a lock we need).
             threading.Thread(
                 target=as_pool_thread,
-                args=(self._dispatch, self._force, name, signum),
+                args=(self._dispatch.mark, self._force, name, signum),
                 name="nsworkers-kill",
                 daemon=True,
             ).start()
