@@ -267,39 +267,44 @@ def test_platform_node_in_a_worker_that_joined_a_uts_namespace_is_the_targets(
         assert pool.run(uts, platform.node) == hostname
 
 
-_LOGGING_MODULE = """
-import logging
-import platform
+_PLATFORM_NODE_MODULES = {
+    # The name goes into logging's registry, made before the import (logging is preloaded;
+    # dill imports it), where the trial's walk does not look: only the filled cache tells.
+    "into an earlier object": (
+        ["logging"],
+        "import logging, platform\nlogging.addLevelName(77, platform.node())\n"
+        "def host():\n    return logging.getLevelName(77)\n",
+    ),
+    # A preload of uuid (or pyroute2) fills the zygote's cache with the caller's host name.
+    "after a preload filled the cache": (
+        ["uuid"],
+        "import platform\nHOST = platform.node()\ndef host():\n    return HOST\n",
+    ),
+}
 
-logging.addLevelName(77, platform.node())  # into logging's registry: an earlier object
 
-
-def level_name():
-    return logging.getLevelName(77)
-"""
-
-
-def test_a_module_that_puts_platform_node_into_an_earlier_object_is_not_learned(
-    tmp_path: Path, uts_with_hostname: tuple[int, str]
+@pytest.mark.parametrize("case", sorted(_PLATFORM_NODE_MODULES))
+def test_a_module_reading_platform_node_at_import_is_not_learned(
+    tmp_path: Path, uts_with_hostname: tuple[int, str], case: str
 ) -> None:
-    """A worker in a UTS namespace names a log level with its host name, as it would with no zygote.
+    """A worker in a UTS namespace gets its own host name from such a module, as it would with no zygote.
 
-    A guard (found by helper-18, with ``logging.basicConfig(format=...)``):
-    the name goes into ``logging``'s registry, made before the import
-    (logging is preloaded here; dill imports it), where the trial's walk
-    does not look. Only ``platform``'s filled ``uname()`` cache tells the
-    trial; a change that let the trial leave the cache out (to learn modules
-    that import ``uuid``) had the module learned, and every worker had the
-    caller's name. (Level 77 of this process's logging gets this host's name.)
+    "into an earlier object" is a guard (found by helper-18): a change that
+    let the trial leave ``platform``'s filled ``uname()`` cache out (to learn
+    modules that import ``uuid``) had it learned. "after a preload filled the
+    cache" broke (found by helper-21): the trial's import in new namespaces
+    inherited the cache, so both imports read the caller's name, and every
+    worker served it. (Level 77 of this process's logging gets this host's name.)
     """
+    preload, source = _PLATFORM_NODE_MODULES[case]
     pid, hostname = uts_with_hostname
     with (
-        _imported(tmp_path, "loghost", _LOGGING_MODULE) as module,
-        Pool(preload=["logging"], max_tasks_per_worker=1) as pool,
+        _imported(tmp_path, "platformnode", source) as module,
+        Pool(preload=preload, max_tasks_per_worker=1) as pool,
         Namespace.from_pid(pid, "uts") as uts,
     ):
         for _ in range(2):  # the first worker, and one forked after the module was tried
-            assert pool.run(uts, module.level_name) == hostname
+            assert pool.run(uts, module.host) == hostname
 
 
 _SLOW_MODULE = """

@@ -259,6 +259,7 @@ def _import_elsewhere(names: tuple[str, ...], reload: bool) -> tuple[int, int]:
             _sys.prctl(_sys.PR_SET_PDEATHSIG, signal.SIGKILL)  # the trial is killed at its timeout: so are we
             _sys.unshare(_IMPORT_NAMESPACES)
             _sys.set_host_names(_TRIAL_HOST_NAME)  # a new UTS namespace starts with the caller's names
+            _worker.forget_uname_cache()  # and a preload of uuid (pyroute2) left the caller's name here
             before, existing = set(sys.modules), _Existing()
             _import(names, reload)
             data = pickle.dumps(_values(names, before, existing, reload))
