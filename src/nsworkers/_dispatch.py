@@ -150,7 +150,8 @@ def as_pool_thread(owner: object, fn: Callable[..., object], *args: object) -> N
     """Run *fn* as a thread of *owner*'s: a done-callback it runs that shuts *owner* down does not wait.
 
     Per owner, not one flag: a callback that shuts another pool down waits
-    for that pool's calls as anywhere else (found by helper-18).
+    for that pool's calls (found by helper-18), though not for its threads
+    (:meth:`_Threads.shutdown`).
     """
     owners: set[object] = _in_pool_thread.__dict__.setdefault("owners", set())
     fresh = owner not in owners
@@ -163,7 +164,7 @@ def as_pool_thread(owner: object, fn: Callable[..., object], *args: object) -> N
 
 
 class _Threads:
-    """A minimal pool of daemon threads for drains; joined at shutdown.
+    """A minimal pool of daemon threads for drains; joined at shutdown, but from a pool's thread.
 
     The count of idle threads is kept under a plain lock, not in a
     ``threading.Semaphore``: a semaphore's lock is taken by Python code, and
@@ -229,8 +230,9 @@ class _Threads:
             unlisted, self._unlisted = self._unlisted, 0
         for _ in range(len(threads) + unlisted):  # one each, also for any unlisted one that runs
             self._queue.put(None)
-        # Not from any pool's thread: two pools' done-callbacks that shut each other down each
-        # joined the thread running the other's. Their calls are over by now (Pool._finish).
+        # Not while running as any pool's thread (a drain, or a user's thread in cancel_queued):
+        # two pools' done-callbacks that shut each other down each joined the thread running
+        # the other's. The calls are over by now (Pool._finish); a future may still be settling.
         if join and not getattr(_in_pool_thread, "owners", None):
             current = threading.current_thread()
             for thread in threads:

@@ -43,7 +43,6 @@ from ._dispatch import (
     CallFuture,
     Dispatcher,
     NamespaceExecutor,
-    as_pool_thread,
     in_pool_thread,
     map_unordered,
 )
@@ -435,7 +434,9 @@ class Pool(_Caller):
         that have not started. Called from one of the pool's own threads (a
         future's done-callback) or from a signal handler that interrupted a
         call of this pool, it cannot wait for that thread's own call: it
-        returns at once and the pool closes in the background.
+        returns at once and the pool closes in the background. Called from
+        another pool's thread, it waits for the calls but not for this pool's
+        threads: a future may then still be settling (its callbacks to run).
         """
         with self._state_lock:
             self._closing = True
@@ -480,12 +481,7 @@ class Pool(_Caller):
         depth: int = getattr(_in_call, "depth", 0)
         if depth and threading.current_thread() is threading.main_thread():
             # Maybe a signal handler that interrupted a call of ours (holding a lock we need).
-            threading.Thread(
-                target=as_pool_thread,
-                args=(self._dispatch.mark, self._force, name, signum),
-                name="nsworkers-kill",
-                daemon=True,
-            ).start()
+            threading.Thread(target=self._force, args=(name, signum), name="nsworkers-kill", daemon=True).start()
             return
         with self._state_lock:
             if self._forced is None:

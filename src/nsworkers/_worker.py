@@ -276,8 +276,9 @@ def _start(
 def forget_uname_cache() -> None:
     """Empty ``platform``'s cache of ``uname()``, so the next ``platform.node()`` asks this UTS namespace.
 
-    Any import of ``uuid`` fills it (pyroute2, pytest), with the host name of
-    wherever that import ran.
+    Any ``platform.uname()``, ``system()`` or ``node()`` fills it, and so
+    does any import of ``uuid`` (pyroute2, pytest), with the host name of
+    wherever that ran.
     """
     platform = sys.modules.get("platform")
     if platform is not None and getattr(platform, "_uname_cache", None) is not None:
